@@ -1,0 +1,7 @@
+"""ELECTRA-Base pretraining.  Use: python -m electra_jax.train --config=configs/base.py --workdir=DIR"""
+
+from electra_jax.config import pretrain_config
+
+
+def get_config():
+  return pretrain_config("base")
