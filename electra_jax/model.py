@@ -1,0 +1,550 @@
+"""ELECTRA generator + discriminator in Flax linen.
+
+Layout of the parameter tree (names follow Hugging Face's ELECTRA so export is a rename;
+Flax Dense kernels are [in, out], i.e. transposed relative to torch Linear weights):
+
+  embeddings/                       shared block (the discriminator's; also the generator's
+    word_embeddings/embedding         when embedding_sharing='tied')
+    position_embeddings/embedding
+    token_type_embeddings/embedding
+    LayerNorm/{scale,bias}
+  generator_embeddings/...          only with embedding_sharing='untied' (same structure)
+  generator/
+    embeddings_project/{kernel,bias}  only when embedding_size != hidden_size
+    encoder/layer/...                 scan_layers=True: one subtree, leading axis = layer
+    encoder/layer_0 .. layer_{N-1}/   scan_layers=False: one subtree per layer
+    generator_predictions/{dense,LayerNorm}
+    output_bias                       [vocab] (HF generator_lm_head.bias)
+  discriminator/
+    embeddings_project/..., encoder/...
+    discriminator_predictions/{dense,dense_prediction}
+
+One encoder layer (post-LN BERT) holds
+  attention/self/{query,key,value}, attention/output/{dense,LayerNorm},
+  intermediate/dense, output/{dense,LayerNorm}.
+`stack_layer_params` / `unstack_layer_params` convert between the two encoder layouts.
+
+Numerics: parameters are float32; matmuls run in `EncoderConfig.dtype`; LayerNorm,
+softmax, and returned logits are float32.
+
+For fine-tuning, `ElectraEncoder` is a discriminator-only module whose tree is exactly
+`{'embeddings', 'discriminator'}` of the pretraining tree minus
+`discriminator/discriminator_predictions`, so pretrained weights load by dropping keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from electra_jax.errors import UserInputError
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+_REMAT_POLICIES = ('none', 'full', 'dots')
+_EMBEDDING_SHARING = ('tied', 'untied')
+# Same "minus infinity" as jax.nn.dot_product_attention uses, so both paths agree.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  """Shape and numerics of one ELECTRA transformer (generator or discriminator)."""
+  vocab_size: int
+  hidden_size: int
+  embedding_size: int
+  num_layers: int
+  num_heads: int
+  intermediate_size: int
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  initializer_range: float = 0.02
+  layer_norm_eps: float = 1e-12
+  dtype: str = 'float32'   # compute dtype; params are always float32
+  scan_layers: bool = True  # nn.scan over layers; False = unrolled layer_0..N-1
+  remat: str = 'none'       # 'none' | 'full' | 'dots'
+
+  def __post_init__(self):
+    for name in ('vocab_size', 'hidden_size', 'embedding_size', 'num_layers',
+                 'num_heads', 'intermediate_size', 'max_position_embeddings',
+                 'type_vocab_size'):
+      value = getattr(self, name)
+      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise UserInputError(f'model {name} must be a positive integer, got {value!r}')
+    if self.hidden_size % self.num_heads:
+      raise UserInputError(
+          f'model hidden_size {self.hidden_size} is not divisible by num_heads '
+          f'{self.num_heads}; pick sizes where hidden_size % num_heads == 0')
+    for name in ('dropout_rate', 'attention_dropout_rate'):
+      value = getattr(self, name)
+      if not 0.0 <= value < 1.0:
+        raise UserInputError(f'model {name} must be in [0, 1), got {value!r}')
+    if self.dtype not in _DTYPES:
+      raise UserInputError(
+          f'model dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}')
+    if self.remat not in _REMAT_POLICIES:
+      raise UserInputError(
+          f'model remat must be one of {list(_REMAT_POLICIES)}, got {self.remat!r}')
+
+  @property
+  def compute_dtype(self):
+    """The jnp dtype matmuls run in."""
+    return _DTYPES[self.dtype]
+
+
+# Discriminator sizes (DESIGN.md §1).  vocab_size is supplied by the tokenizer.
+SIZES: dict[str, dict[str, int]] = {
+    # A toy model for tests and CPU demos (not in the paper); matches config.py's 'tiny'.
+    'tiny': dict(num_layers=2, hidden_size=64, embedding_size=32, num_heads=2,
+                 intermediate_size=256),
+    'small': dict(num_layers=12, hidden_size=256, embedding_size=128, num_heads=4,
+                  intermediate_size=1024),
+    'base': dict(num_layers=12, hidden_size=768, embedding_size=768, num_heads=12,
+                 intermediate_size=3072),
+    'large': dict(num_layers=24, hidden_size=1024, embedding_size=1024, num_heads=16,
+                  intermediate_size=4096),
+}
+# Generator hidden size as a fraction of the discriminator's.
+GENERATOR_SIZE: dict[str, float] = {'tiny': 0.25, 'small': 0.25, 'base': 1 / 3,
+                                    'large': 0.25}
+
+
+def generator_config(disc: EncoderConfig, generator_size: float) -> EncoderConfig:
+  """The generator's config: same depth and embeddings as `disc`, narrower.
+
+  hidden = int(disc.hidden_size * generator_size), heads = max(1, hidden // 64),
+  ffn = 4 * hidden (the original ELECTRA rule).
+  """
+  if not 0.0 < generator_size <= 1.0:
+    raise UserInputError(
+        f'generator_size must be in (0, 1], got {generator_size!r}')
+  # A tiny epsilon so 768 * (1/3) gives 256, not 255 (float rounding).
+  hidden = int(disc.hidden_size * generator_size + 1e-6)
+  if hidden < 1:
+    raise UserInputError(
+        f'generator_size {generator_size} gives a generator hidden size of 0 for '
+        f'hidden_size {disc.hidden_size}; use a larger generator_size')
+  return dataclasses.replace(disc, hidden_size=hidden, num_heads=max(1, hidden // 64),
+                             intermediate_size=4 * hidden)
+
+
+def encoder_config_from(model_cfg: Any, vocab_size: int) -> EncoderConfig:
+  """Builds an EncoderConfig from a ConfigDict/mapping with the same field names.
+
+  Keys that are not EncoderConfig fields (generator_size, embedding_sharing, ...) are
+  ignored; fields absent from `model_cfg` keep their defaults.
+  """
+  kwargs = {}
+  for field in dataclasses.fields(EncoderConfig):
+    if field.name == 'vocab_size':
+      continue
+    if field.name in model_cfg and model_cfg[field.name] is not None:
+      kwargs[field.name] = model_cfg[field.name]
+  missing = [f.name for f in dataclasses.fields(EncoderConfig)
+             if f.default is dataclasses.MISSING and f.name != 'vocab_size'
+             and f.name not in kwargs]
+  if missing:
+    raise UserInputError(
+        f'model config lacks {", ".join(missing)}; set them or start from a size in '
+        f'{sorted(SIZES)}')
+  return EncoderConfig(vocab_size=int(vocab_size), **kwargs)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _kernel_init(cfg: EncoderConfig):
+  return nn.initializers.truncated_normal(stddev=cfg.initializer_range)
+
+
+def _dense(cfg: EncoderConfig, features: int, name: str) -> nn.Dense:
+  return nn.Dense(features, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                  kernel_init=_kernel_init(cfg), bias_init=nn.initializers.zeros,
+                  name=name)
+
+
+def _layer_norm(cfg: EncoderConfig, name: str) -> nn.LayerNorm:
+  # float32 numerics regardless of the compute dtype.
+  return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
+                      param_dtype=jnp.float32, name=name)
+
+
+def _gelu(x: jnp.ndarray) -> jnp.ndarray:
+  # erf GELU, as BERT/ELECTRA; evaluated in float32 (CPUs lack bf16 arithmetic).
+  return nn.gelu(x.astype(jnp.float32), approximate=False).astype(x.dtype)
+
+
+def _dropout(module: nn.Module, x: jnp.ndarray, rate: float,
+             deterministic: bool) -> jnp.ndarray:
+  """Inverted dropout drawing from `module`'s 'dropout' rng stream."""
+  if rate == 0.0 or deterministic:
+    return x
+  keep = jax.random.bernoulli(module.make_rng('dropout'), 1.0 - rate, x.shape)
+  # Scale in float32 (CPUs lack bf16 arithmetic; XLA fuses the casts elsewhere).
+  scaled = x.astype(jnp.float32) * jnp.float32(1.0 / (1.0 - rate))
+  return jnp.where(keep, scaled, 0.0).astype(x.dtype)
+
+
+class Embeddings(nn.Module):
+  """word + position + token-type embeddings, then LayerNorm (float32 output).
+
+  Dropout is applied by the tower that consumes the output, so the block can be shared
+  by a generator and a discriminator with different settings.
+  """
+  cfg: EncoderConfig
+
+  def setup(self):
+    cfg = self.cfg
+    init = nn.initializers.truncated_normal(stddev=cfg.initializer_range)
+    embed = lambda n, name: nn.Embed(n, cfg.embedding_size, dtype=jnp.float32,
+                                     param_dtype=jnp.float32, embedding_init=init,
+                                     name=name)
+    self.word_embeddings = embed(cfg.vocab_size, 'word_embeddings')
+    self.position_embeddings = embed(cfg.max_position_embeddings, 'position_embeddings')
+    self.token_type_embeddings = embed(cfg.type_vocab_size, 'token_type_embeddings')
+    self.LayerNorm = _layer_norm(cfg, 'LayerNorm')  # pylint: disable=invalid-name
+
+  def __call__(self, input_ids: jnp.ndarray, segment_ids: jnp.ndarray) -> jnp.ndarray:
+    seq_len = input_ids.shape[-1]
+    if seq_len > self.cfg.max_position_embeddings:
+      raise UserInputError(
+          f'sequence length {seq_len} exceeds max_position_embeddings '
+          f'{self.cfg.max_position_embeddings}; shorten max_seq_length')
+    x = self.word_embeddings(input_ids)
+    x = x + self.position_embeddings(jnp.arange(seq_len))[None]
+    x = x + self.token_type_embeddings(segment_ids)
+    return self.LayerNorm(x)
+
+  def word_table(self) -> jnp.ndarray:
+    """The [vocab, embedding_size] word table (the generator's output projection)."""
+    return self.word_embeddings.embedding
+
+
+class SelfAttention(nn.Module):
+  """HF `attention.self`: query/key/value projections and scaled dot-product attention."""
+  cfg: EncoderConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """x [B, L, H]; mask [B, 1, 1, L] bool (True = key may be attended). -> [B, L, H]."""
+    cfg = self.cfg
+    heads, head_dim = cfg.num_heads, cfg.hidden_size // cfg.num_heads
+    split = lambda t: t.reshape(t.shape[:-1] + (heads, head_dim))
+    q = split(_dense(cfg, cfg.hidden_size, 'query')(x))
+    k = split(_dense(cfg, cfg.hidden_size, 'key')(x))
+    v = split(_dense(cfg, cfg.hidden_size, 'value')(x))
+    use_dropout = cfg.attention_dropout_rate > 0.0 and not self.deterministic
+    if use_dropout:
+      out = explicit_attention(q, k, v, mask, dropout=lambda p: _dropout(
+          self, p, cfg.attention_dropout_rate, deterministic=False))
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return out.reshape(out.shape[:-2] + (cfg.hidden_size,))
+
+
+def explicit_attention(q, k, v, mask, dropout=None):
+  """softmax(q k^T / sqrt(d) masked) v with float32 logits and softmax.
+
+  q, k, v: [B, L, heads, head_dim] in the compute dtype; mask broadcastable to
+  [B, heads, L, L] (True = attend).  `dropout` (optional) is applied to the
+  probabilities.  Same numerics as jax.nn.dot_product_attention's XLA path.
+  """
+  logits = jnp.einsum('btnh,bsnh->bnts', q, k, preferred_element_type=jnp.float32)
+  logits = logits * jnp.float32(1.0 / np.sqrt(q.shape[-1]))
+  logits = jnp.where(mask, logits, jnp.float32(_MASK_VALUE))
+  probs = jax.nn.softmax(logits, axis=-1)
+  if dropout is not None:
+    probs = dropout(probs)
+  return jnp.einsum('bnts,bsnh->btnh', probs.astype(v.dtype), v)
+
+
+class _DenseLayerNorm(nn.Module):
+  """HF `*.output`: dense, dropout, residual add, LayerNorm (float32)."""
+  cfg: EncoderConfig
+  features: int
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, residual: jnp.ndarray) -> jnp.ndarray:
+    y = _dense(self.cfg, self.features, 'dense')(x)
+    y = _dropout(self, y, self.cfg.dropout_rate, self.deterministic)
+    out = _layer_norm(self.cfg, 'LayerNorm')(
+        residual.astype(jnp.float32) + y.astype(jnp.float32))
+    return out.astype(self.cfg.compute_dtype)
+
+
+class _Attention(nn.Module):
+  cfg: EncoderConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, mask):
+    a = SelfAttention(self.cfg, self.deterministic, name='self')(x, mask)
+    return _DenseLayerNorm(self.cfg, self.cfg.hidden_size, self.deterministic,
+                           name='output')(a, x)
+
+
+class _Intermediate(nn.Module):
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x):
+    return _gelu(_dense(self.cfg, self.cfg.intermediate_size, 'dense')(x))
+
+
+class EncoderLayer(nn.Module):
+  """One post-LN transformer layer.  Signature (carry, mask) -> (carry, None) for scan."""
+  cfg: EncoderConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray):
+    x = _Attention(self.cfg, self.deterministic, name='attention')(x, mask)
+    h = _Intermediate(self.cfg, name='intermediate')(x)
+    x = _DenseLayerNorm(self.cfg, self.cfg.hidden_size, self.deterministic,
+                        name='output')(h, x)
+    return x, None
+
+
+def _remat_policy(name: str):
+  if name == 'full':
+    return None  # save nothing: recompute the whole layer in the backward pass
+  # Save the outputs of matmuls without batch dims (the dense projections); recompute
+  # the attention-score einsums, softmax, GELU and LayerNorms.
+  return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+
+
+class Encoder(nn.Module):
+  """The stack of `num_layers` EncoderLayers (scanned or unrolled, optionally remat'd)."""
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, *, deterministic: bool):
+    cfg = self.cfg
+    layer_cls = EncoderLayer
+    if cfg.remat != 'none':
+      layer_cls = nn.remat(layer_cls, policy=_remat_policy(cfg.remat),
+                           prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      stack = nn.scan(layer_cls, variable_axes={'params': 0},
+                      split_rngs={'params': True, 'dropout': True},
+                      in_axes=nn.broadcast, length=cfg.num_layers)
+      x, _ = stack(cfg, deterministic, name='layer')(x, mask)
+    else:
+      for i in range(cfg.num_layers):
+        x, _ = layer_cls(cfg, deterministic, name=f'layer_{i}')(x, mask)
+    return x
+
+
+class DiscriminatorPredictions(nn.Module):
+  """HF `discriminator_predictions`: dense(hidden) -> GELU -> dense(1)."""
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+    h = _gelu(_dense(self.cfg, self.cfg.hidden_size, 'dense')(h))
+    logits = _dense(self.cfg, 1, 'dense_prediction')(h)
+    return logits[..., 0].astype(jnp.float32)
+
+
+class GeneratorPredictions(nn.Module):
+  """HF `generator_predictions`: dense(embedding_size) -> GELU -> LayerNorm (float32)."""
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+    h = _gelu(_dense(self.cfg, self.cfg.embedding_size, 'dense')(h))
+    return _layer_norm(self.cfg, 'LayerNorm')(h)
+
+
+class Tower(nn.Module):
+  """embeddings_project (if sizes differ) + encoder, plus an optional head.
+
+  head: 'none' (hidden states only), 'discriminator' or 'generator'.
+  """
+  cfg: EncoderConfig
+  head: str = 'none'
+
+  def setup(self):
+    cfg = self.cfg
+    if cfg.embedding_size != cfg.hidden_size:
+      self.embeddings_project = _dense(cfg, cfg.hidden_size, 'embeddings_project')
+    self.encoder = Encoder(cfg)
+    if self.head == 'discriminator':
+      self.discriminator_predictions = DiscriminatorPredictions(cfg)
+    elif self.head == 'generator':
+      self.generator_predictions = GeneratorPredictions(cfg)
+      self.output_bias = self.param('output_bias', nn.initializers.zeros,
+                                    (cfg.vocab_size,), jnp.float32)
+    elif self.head != 'none':
+      raise ValueError(f'unknown head {self.head!r}')
+
+  def hidden(self, embedded: jnp.ndarray, input_mask: jnp.ndarray, *,
+             deterministic: bool) -> jnp.ndarray:
+    """embedded [B, L, E] float32 (post-LayerNorm) -> hidden states [B, L, H]."""
+    cfg = self.cfg
+    x = _dropout(self, embedded, cfg.dropout_rate, deterministic).astype(cfg.compute_dtype)
+    if cfg.embedding_size != cfg.hidden_size:
+      x = self.embeddings_project(x)
+    mask = (input_mask > 0)[:, None, None, :]
+    return self.encoder(x, mask, deterministic=deterministic)
+
+  def discriminator_logits(self, embedded, input_mask, *, deterministic):
+    h = self.hidden(embedded, input_mask, deterministic=deterministic)
+    return self.discriminator_predictions(h)
+
+  def generator_logits(self, embedded, input_mask, masked_positions, word_table, *,
+                       deterministic):
+    h = self.hidden(embedded, input_mask, deterministic=deterministic)
+    h = jnp.take_along_axis(h, masked_positions[..., None].astype(jnp.int32), axis=1)
+    h = self.generator_predictions(h).astype(self.cfg.compute_dtype)
+    logits = jnp.einsum('bne,ve->bnv', h, word_table.astype(self.cfg.compute_dtype),
+                        preferred_element_type=jnp.float32)
+    return logits.astype(jnp.float32) + self.output_bias
+
+
+def _check_sharing(disc: EncoderConfig, gen: EncoderConfig, embedding_sharing: str):
+  if embedding_sharing not in _EMBEDDING_SHARING:
+    raise UserInputError(
+        f'embedding_sharing must be one of {list(_EMBEDDING_SHARING)}, got '
+        f'{embedding_sharing!r}')
+  if embedding_sharing == 'tied':
+    for name in ('vocab_size', 'embedding_size', 'max_position_embeddings',
+                 'type_vocab_size', 'layer_norm_eps', 'initializer_range'):
+      if getattr(disc, name) != getattr(gen, name):
+        raise UserInputError(
+            f'tied embeddings need the same {name} in generator and discriminator '
+            f'({getattr(gen, name)} vs {getattr(disc, name)}); make them equal or use '
+            "embedding_sharing='untied'")
+
+
+class ElectraPretrainingModel(nn.Module):
+  """Generator + discriminator with a shared ('tied') or separate embedding block."""
+  disc: EncoderConfig
+  gen: EncoderConfig
+  embedding_sharing: str = 'tied'
+
+  def setup(self):
+    _check_sharing(self.disc, self.gen, self.embedding_sharing)
+    self.embeddings = Embeddings(self.disc)
+    if self.embedding_sharing == 'untied':
+      self.generator_embeddings = Embeddings(self.gen)
+    self.generator = Tower(self.gen, head='generator')
+    self.discriminator = Tower(self.disc, head='discriminator')
+
+  def _gen_embeddings(self) -> Embeddings:
+    return self.embeddings if self.embedding_sharing == 'tied' else self.generator_embeddings
+
+  def generator_logits(self, input_ids, segment_ids, input_mask, masked_positions, *,
+                       deterministic: bool) -> jnp.ndarray:
+    """MLM logits [B, N, V] float32 at `masked_positions` [B, N] only."""
+    emb = self._gen_embeddings()
+    return self.generator.generator_logits(
+        emb(input_ids, segment_ids), input_mask, masked_positions, emb.word_table(),
+        deterministic=deterministic)
+
+  def discriminator_logits(self, input_ids, segment_ids, input_mask, *,
+                           deterministic: bool) -> jnp.ndarray:
+    """Replaced-token logits [B, L] float32 (sigmoid > 0.5 means 'replaced')."""
+    return self.discriminator.discriminator_logits(
+        self.embeddings(input_ids, segment_ids), input_mask, deterministic=deterministic)
+
+  def discriminator_hidden(self, input_ids, segment_ids, input_mask, *,
+                           deterministic: bool) -> jnp.ndarray:
+    """Final discriminator hidden states [B, L, H] in the compute dtype."""
+    return self.discriminator.hidden(self.embeddings(input_ids, segment_ids), input_mask,
+                                     deterministic=deterministic)
+
+  def __call__(self, input_ids, segment_ids, input_mask, masked_positions, *,
+               deterministic: bool = True):
+    """(generator_logits [B, N, V], discriminator_logits [B, L]); used for init."""
+    return (self.generator_logits(input_ids, segment_ids, input_mask, masked_positions,
+                                  deterministic=deterministic),
+            self.discriminator_logits(input_ids, segment_ids, input_mask,
+                                      deterministic=deterministic))
+
+
+class ElectraEncoder(nn.Module):
+  """The discriminator without its head, for fine-tuning.
+
+  Its param tree is {'embeddings', 'discriminator': {embeddings_project?, encoder}}: the
+  pretraining tree minus 'generator', 'generator_embeddings' and
+  'discriminator/discriminator_predictions' (see `encoder_params_from_pretraining`).
+  """
+  cfg: EncoderConfig
+
+  def setup(self):
+    self.embeddings = Embeddings(self.cfg)
+    self.discriminator = Tower(self.cfg, head='none')
+
+  def __call__(self, input_ids, segment_ids, input_mask, *,
+               deterministic: bool = True) -> jnp.ndarray:
+    """Final hidden states [B, L, H] in the compute dtype."""
+    return self.discriminator.hidden(self.embeddings(input_ids, segment_ids), input_mask,
+                                     deterministic=deterministic)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _unwrap(tree: Mapping[str, Any]) -> Mapping[str, Any]:
+  """Accepts either a variables dict {'params': ...} or the params tree itself."""
+  if isinstance(tree, Mapping) and set(tree.keys()) == {'params'}:
+    return tree['params']
+  return tree
+
+
+def count_params(tree: Any) -> int:
+  """Number of scalars in a pytree of arrays or ShapeDtypeStructs."""
+  return int(sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def discriminator_param_count(params: Mapping[str, Any]) -> int:
+  """Parameters of the discriminator: the 'embeddings' + 'discriminator' subtrees."""
+  params = _unwrap(params)
+  return count_params(params['embeddings']) + count_params(params['discriminator'])
+
+
+def encoder_params_from_pretraining(params: Mapping[str, Any]) -> dict[str, Any]:
+  """The ElectraEncoder params inside a pretraining params tree (no copy of arrays)."""
+  params = _unwrap(params)
+  disc = {k: v for k, v in params['discriminator'].items()
+          if k != 'discriminator_predictions'}
+  return {'embeddings': params['embeddings'], 'discriminator': disc}
+
+
+def abstract_params(model: nn.Module, batch_size: int = 1, seq_len: int = 8):
+  """The params tree of `model` as ShapeDtypeStructs (jax.eval_shape, no allocation).
+
+  Works for ElectraPretrainingModel and ElectraEncoder.  Returns the inner tree (what
+  `model.init(...)['params']` would hold).
+  """
+  ids = jnp.zeros((batch_size, seq_len), jnp.int32)
+  if isinstance(model, ElectraEncoder):
+    args = (ids, ids, jnp.ones_like(ids))
+  else:
+    args = (ids, ids, jnp.ones_like(ids), jnp.zeros((batch_size, 1), jnp.int32))
+  variables = jax.eval_shape(lambda: model.init({'params': jax.random.key(0)}, *args))
+  return variables['params']
+
+
+def unstack_layer_params(encoder_params: Mapping[str, Any]) -> dict[str, Any]:
+  """encoder/{layer: stacked [L, ...]} -> encoder/{layer_0, ..., layer_{L-1}}."""
+  stacked = encoder_params['layer']
+  num = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+  return {f'layer_{i}': jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
+          for i in range(num)}
+
+
+def stack_layer_params(encoder_params: Mapping[str, Any]) -> dict[str, Any]:
+  """encoder/{layer_0, ..., layer_{L-1}} -> encoder/{layer: stacked [L, ...]}."""
+  num = len(encoder_params)
+  layers = [encoder_params[f'layer_{i}'] for i in range(num)]
+  return {'layer': jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)}
