@@ -1,0 +1,24 @@
+"""Shared command-line plumbing for `--config=FILE --workdir=DIR` entry points."""
+
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from electra_jax.errors import run_cli
+
+
+def define_config_flags(default_config: str | None = None):
+  """Defines --config (locked ml_collections file, `--config.a.b=v` overrides) and --workdir."""
+  config = config_flags.DEFINE_config_file(
+      "config", default_config, "Config file (a .py returning a ConfigDict).",
+      lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  return config, workdir
+
+
+def run(main):
+  """absl.app.run(main) where a UserInputError prints one `error:` line and exits 2."""
+  app.run(lambda argv: run_cli(main, argv), argv=sys.argv)
