@@ -1,0 +1,343 @@
+"""ELECTRA pretraining.
+
+    python -m electra_jax.train --config=configs/small.py --workdir=DIR \
+        [--config.data.text='corpus/*.txt'] [--config.train.steps=...]
+
+`train_and_evaluate(config, workdir)` is the whole job, importable for tests.
+It reads top to bottom: setup, data, model and optimizer, checkpoints, the
+jitted steps, then the training loop.  The step is `jax.jit` over a device Mesh
+whose `data` axis spans every device: the batch is sharded along it, the state
+is replicated, and the state buffers are donated.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from electra_jax import objective
+from electra_jax import optim
+from electra_jax.errors import UserInputError
+from electra_jax.model import (ElectraPretrainingModel, discriminator_param_count,
+                               count_params, encoder_config_from, generator_config)
+from electra_jax.reporting import MetricWriter
+from electra_jax.tokenization import load_tokenizer
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+# Config sections that must not change when resuming from a workdir's checkpoint.
+_FROZEN_ON_RESUME = ("objective", "model", "pretrain.mask_prob", "data.max_seq_length")
+_OBJECTIVES = ("electra",)
+
+
+def validate_config(config: ml_collections.ConfigDict):
+  """Checks values the type system cannot; raises UserInputError with the fix."""
+  t = config.train
+  if config.objective not in _OBJECTIVES:
+    raise UserInputError(f"config.objective={config.objective!r} is not one of {_OBJECTIVES}")
+  for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+               "eval_batches", "keep_checkpoints"):
+    if t[name] <= 0:
+      raise UserInputError(f"config.train.{name} must be positive, got {t[name]}")
+  n = jax.device_count()
+  if t.batch_size % n:
+    raise UserInputError(
+        f"config.train.batch_size={t.batch_size} (global) is not divisible by the {n} devices; "
+        f"use a multiple of {n}, e.g. --config.train.batch_size={max(n, t.batch_size // n * n)}")
+  if config.data.max_seq_length > config.model.max_position_embeddings:
+    raise UserInputError(
+        f"config.data.max_seq_length={config.data.max_seq_length} exceeds "
+        f"config.model.max_position_embeddings={config.model.max_position_embeddings}")
+  if not 0 < config.pretrain.mask_prob < 1:
+    raise UserInputError(f"config.pretrain.mask_prob must be in (0, 1), got "
+                         f"{config.pretrain.mask_prob}")
+
+
+def _get(config, dotted):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+def check_workdir_config(workdir: str, config, vocab_fingerprint: str):
+  """Writes config.json on a fresh workdir; on resume refuses a different model/data setup."""
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json_best_effort())
+  current["vocab_fingerprint"] = vocab_fingerprint
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    for key in _FROZEN_ON_RESUME + ("vocab_fingerprint",):
+      old, new = _lookup(saved, key), _lookup(current, key)
+      if old != new:
+        raise UserInputError(
+            f"workdir {workdir} holds a run with {key}={json.dumps(old)} but the config now has "
+            f"{json.dumps(new)}; resume with the original settings or use a new --workdir")
+  if jax.process_index() == 0:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(current, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def save_vocab(workdir: str, vocab_path: str) -> str:
+  """Copies the vocab into WORKDIR/vocab/ so the run is self-contained (fine-tune, export)."""
+  dest_dir = os.path.join(workdir, "vocab")
+  dest = os.path.join(dest_dir, os.path.basename(vocab_path))
+  if jax.process_index() == 0 and not os.path.exists(dest):
+    from etils import epath  # pylint: disable=g-import-not-at-top
+    os.makedirs(dest_dir, exist_ok=True)
+    tmp = dest + ".tmp"
+    epath.Path(vocab_path).copy(tmp, overwrite=True)
+    os.replace(tmp, dest)
+  return dest
+
+
+def _lookup(tree, dotted):
+  for part in dotted.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return None
+    tree = tree[part]
+  return tree
+
+
+def _device_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def _host_sums(sums_list) -> dict[str, np.ndarray]:
+  """Adds a list of per-step metric sums on the host (one transfer)."""
+  fetched = jax.device_get(sums_list)
+  total = fetched[0]
+  for s in fetched[1:]:
+    total = jax.tree.map(np.add, total, s)
+  return total
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Pretrains per `config` in `workdir` (resuming if it holds a checkpoint).
+
+  Returns the final held-out metrics as {'eval/<name>': value}.
+  """
+  # Imported here so `--help` and config errors stay fast.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  import grain  # pylint: disable=g-import-not-at-top
+  from electra_jax.data.dataset import check_compatible, open_dataset  # pylint: disable=g-import-not-at-top
+  from electra_jax.data.pipeline import eval_batches, train_iterator  # pylint: disable=g-import-not-at-top
+  from electra_jax.data.select import prepare_dataset  # pylint: disable=g-import-not-at-top
+
+  # ------------------------------------------------------------------ setup
+  validate_config(config)
+  workdir = os.path.abspath(workdir)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+  t = config.train
+  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P("data"))
+
+  # ------------------------------------------------------------------- data
+  dataset_dir = prepare_dataset(config.data, is_builder=jax.process_index() == 0)
+  built = open_dataset(dataset_dir)
+  check_compatible(built, vocab_fingerprint=None, max_seq_length=config.data.max_seq_length)
+  tokenizer = load_tokenizer(built.vocab_path)
+  if config.data.vocab and config.data.dataset_dir:
+    wanted = load_tokenizer(config.data.vocab).fingerprint
+    check_compatible(built, vocab_fingerprint=wanted, max_seq_length=config.data.max_seq_length)
+  seq_len = config.data.max_seq_length
+  train_iter = train_iterator(built.sources["train"], global_batch_size=t.batch_size,
+                              seed=config.data.seed, prefetch=config.data.prefetch)
+  eval_data = eval_batches(built.sources["validation"], global_batch_size=t.batch_size,
+                           num_batches=t.eval_batches)
+
+  # ------------------------------------------------- model and optimizer
+  disc_cfg = encoder_config_from(config.model, tokenizer.vocab_size)
+  gen_cfg = generator_config(disc_cfg, config.model.generator_size)
+  model = ElectraPretrainingModel(disc=disc_cfg, gen=gen_cfg,
+                                  embedding_sharing=config.model.embedding_sharing)
+  settings = objective.ObjectiveSettings.from_config(config.pretrain, tokenizer, seq_len)
+  tx, schedule = optim.make_optimizer(config.optim, t.steps)
+
+  def init_state(key):
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    positions = jnp.zeros((1, settings.max_predictions), jnp.int32)
+    params = model.init({"params": key}, ids, ids, ids + 1, positions)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+  abstract_state = jax.eval_shape(init_state, init_key)
+  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+
+  # ------------------------------------------------------------ checkpoints
+  check_workdir_config(workdir, config, tokenizer.fingerprint)
+  save_vocab(workdir, tokenizer.path)
+  manager = ocp.CheckpointManager(
+      os.path.join(workdir, "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints,
+                                           enable_async_checkpointing=True),
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "data": grain.checkpoint.CheckpointHandler()})
+  start_step = manager.latest_step()
+  if start_step is None:
+    state = jax.jit(init_state, out_shardings=state_sharding)(init_key)
+  else:
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract_state, state_sharding)
+    try:
+      restored = manager.restore(start_step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target),
+          data=grain.checkpoint.CheckpointRestore(train_iter)))
+    except (ValueError, KeyError, TypeError) as e:
+      raise UserInputError(
+          f"checkpoint {start_step} in {workdir}/checkpoints does not match this model config "
+          f"({str(e).splitlines()[0][:200]}); use the original config or a new --workdir") from e
+    state = restored["state"]
+  start_step = int(start_step or 0)
+
+  writer = MetricWriter(workdir, t.steps, t.progress_bar, initial_step=start_step)
+  if start_step == 0 and jax.process_index() == 0:
+    n_disc = discriminator_param_count(abstract_state.params)
+    n_all = count_params(abstract_state.params)
+    print(f"model: discriminator {n_disc:,} params, generator+discriminator {n_all:,}; "
+          f"vocab {tokenizer.vocab_size}; {jax.device_count()} device(s) "
+          f"({jax.devices()[0].platform}); data {dataset_dir}", flush=True)
+  elif jax.process_index() == 0:
+    print(f"resuming from checkpoint at step {start_step} in {workdir}", flush=True)
+
+  # ---------------------------------------------------------------- steps
+  def loss_fn(params, batch, key, deterministic):
+    return objective.electra_loss(
+        params, batch, key, apply_fn=model.apply,
+        generator_logits_method=ElectraPretrainingModel.generator_logits,
+        discriminator_logits_method=ElectraPretrainingModel.discriminator_logits,
+        s=settings, deterministic=deterministic)
+
+  def train_step(state: TrainState, batch):
+    key = jax.random.fold_in(train_key, state.step)
+    (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, key, False)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    sums["grad_norm"] = optax.tree.norm(grads)
+    sums["learning_rate"] = schedule(state.step)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
+
+  def eval_step(params, batch, index):
+    _, sums = loss_fn(params, batch, jax.random.fold_in(eval_key, index), True)
+    return sums
+
+  train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+                       out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  eval_step = jax.jit(eval_step, in_shardings=(state_sharding.params, batch_sharding, None),
+                      out_shardings=replicated)
+
+  def evaluate(params) -> dict[str, float]:
+    total = None
+    for i, b in enumerate(eval_data):
+      sums = eval_step(params, _device_batch(b, batch_sharding), i)
+      total = sums if total is None else objective.add_sums(total, sums)
+    metrics = objective.finalize_metrics(jax.device_get(total))
+    return {f"eval/{k}": v for k, v in metrics.items()}
+
+  def save(step, state):
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
+
+  # ----------------------------------------------------------------- loop
+  tokens_per_step = t.batch_size * seq_len
+  t0 = time.perf_counter()
+  batch_shape = jax.ShapeDtypeStruct((t.batch_size, seq_len), jnp.int32, sharding=batch_sharding)
+  compiled = train_step.lower(
+      state, {k: batch_shape for k in ("input_ids", "input_mask", "segment_ids")}).compile()
+  compile_s = time.perf_counter() - t0
+  if jax.process_index() == 0:
+    print(f"compiled the training step in {compile_s:.1f}s", flush=True)
+
+  end = min(t.steps, t.stop_at) if t.stop_at > 0 else t.steps
+  step = start_step
+  last_eval: dict[str, float] = {}
+  if step == 0:  # held-out metrics before any training, for comparison
+    writer.write(0, evaluate(state.params))
+  pending, to_log = [], None  # device metric sums not yet fetched
+  input_s, interval_steps = 0.0, 0
+  mark = time.perf_counter()  # start of the current log interval (pauses excluded)
+  while step < end:
+    tin = time.perf_counter()
+    batch = _device_batch(next(train_iter), batch_sharding)
+    input_s += time.perf_counter() - tin
+    state, sums = compiled(state, batch)  # asynchronous: the host runs ahead
+    step += 1
+    interval_steps += 1
+    pending.append(sums)
+    if to_log is not None:  # the previous log step has finished by now: fetch it
+      _log_train(writer, *to_log)
+      to_log = None
+    writer.advance(step)
+    if step % t.log_every == 0 or step == end:
+      busy_s = max(time.perf_counter() - mark, 1e-9)
+      steps_per_s = interval_steps / busy_s
+      perf = {"perf/steps_per_s": steps_per_s,
+              "perf/tokens_per_s": steps_per_s * tokens_per_step,
+              "perf/input_wait_frac": input_s / busy_s,
+              "perf/eta_s": (end - step) / max(steps_per_s, 1e-9),
+              "perf/compile_s": compile_s}
+      to_log = (step, pending, perf)
+      pending, interval_steps, input_s = [], 0, 0.0
+      mark = time.perf_counter()
+    pause = time.perf_counter()
+    if step % t.eval_every == 0 or step == t.steps:
+      if to_log is not None:
+        _log_train(writer, *to_log)
+        to_log = None
+      last_eval = evaluate(state.params)
+      writer.write(step, last_eval)
+    if step % t.checkpoint_every == 0 or step == end:
+      save(step, state)
+    mark += time.perf_counter() - pause  # eval and checkpoint pauses don't count
+  if to_log is not None:
+    _log_train(writer, *to_log)
+  if not last_eval:  # stopped early, or resumed at the end: still report held-out metrics
+    last_eval = evaluate(state.params)
+    writer.write(step, last_eval)
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  return last_eval
+
+
+def _log_train(writer: MetricWriter, step: int, pending, perf: dict[str, float]):
+  host = _host_sums(pending)
+  n = len(pending)
+  grad_norm = float(host.pop("grad_norm")) / n
+  lr = float(np.asarray(jax.device_get(pending[-1]["learning_rate"])))
+  host.pop("learning_rate")
+  metrics = objective.finalize_metrics(host)
+  if not math.isfinite(metrics["loss"]):
+    raise FloatingPointError(f"training loss became {metrics['loss']} by step {step}; "
+                             "lower config.optim.learning_rate or check the data")
+  scalars = {f"train/{k}": v for k, v in metrics.items()}
+  scalars.update({"train/grad_norm": grad_norm, "train/learning_rate": lr})
+  scalars.update(perf)
+  writer.write(step, scalars)
+
+
+if __name__ == "__main__":
+  from electra_jax import cli  # pylint: disable=g-import-not-at-top
+  _CONFIG, _WORKDIR = cli.define_config_flags()
+  cli.run(lambda argv: train_and_evaluate(_CONFIG.value, _WORKDIR.value))
