@@ -1,6 +1,7 @@
 """Tests for electra_jax.data.select (data choice + build cache) and demo."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ from electra_jax.data.dataset import open_dataset
 from electra_jax.errors import UserInputError
 from electra_jax.tokenization import load_tokenizer
 
-CORPUS = '/work/shared/corpus'
+CORPUS = str(pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'corpus')
 
 
 def data_config(**overrides):
