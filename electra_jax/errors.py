@@ -14,9 +14,14 @@ class UserInputError(Exception):
 
 
 def run_cli(main, argv=None):
-  """Runs `main(argv)`; a UserInputError becomes `error: ...` on stderr and exit 2."""
+  """Runs `main(argv)`; a UserInputError becomes `error: ...` on stderr and exit 2.
+
+  main's return value is dropped: absl's app.run would turn a returned object
+  (e.g. train_and_evaluate's metrics dict) into a failing exit status.
+  """
   try:
-    return main(argv)
+    main(argv)
+    return None
   except UserInputError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
