@@ -60,34 +60,57 @@ def read_metrics(workdir):
     return [json.loads(line) for line in f]
 
 
+def _most_frequent_token_share(config):
+  """Share of the most frequent ordinary token among held-out tokens: the accuracy of
+  a generator that ignores context and always predicts it."""
+  from electra_jax.data.dataset import open_dataset
+  from electra_jax.data.select import prepare_dataset
+  built = open_dataset(prepare_dataset(config.data))
+  val = built.sources["validation"]
+  ids = np.concatenate([np.asarray(val[i]["input_ids"]) for i in range(len(val))])
+  ids = ids[ids > 4]  # ordinary tokens (the five specials take ids 0-4)
+  return np.bincount(ids).max() / len(ids)
+
+
 def test_tiny_run_learns_on_held_out_text(corpus_glob, cache_dir, tmp_path):
-  config = tiny_config(corpus_glob, cache_dir, steps=300, log_every=100, eval_every=150,
-                       checkpoint_every=150)
+  config = tiny_config(corpus_glob, cache_dir, steps=600, log_every=200, eval_every=300,
+                       checkpoint_every=300)
   config.optim.learning_rate = 2e-3
   config.optim.warmup_steps = 50
+  # At this scale (2-layer, 64-wide, 600 steps on 1.7 MB) a generator sampling at
+  # temperature 1 matches the unigram distribution within ~100 steps, and detecting its
+  # replacements needs bigram-level context that neither this discriminator nor a
+  # minimal reference transformer (trained alone on unigram replacements) learns within
+  # 1000 steps: both sit at the base rate, AUC ~0.52.  Sampling at temperature 2 keeps the replacements detectable, so the run
+  # shows the whole loop learning in a test's budget; a half-width generator (the
+  # paper's upper end) learns context fast enough to beat the unigram guess.
+  config.pretrain.temperature = 2.0
+  config.model.generator_size = 0.5
   final = train.train_and_evaluate(config, str(tmp_path / "run"))
   rows = read_metrics(tmp_path / "run")
   start = next(r for r in rows if r["step"] == 0 and "eval/disc_auc" in r)
   print("held-out at start:", {k: round(v, 4) for k, v in start.items() if k.startswith("eval/")})
   print("held-out at end:", {k: round(v, 4) for k, v in final.items()})
   # Chance level at the start: the generator knows nothing, the discriminator guesses.
-  assert abs(start["eval/disc_auc"] - 0.5) < 0.15
+  assert abs(start["eval/disc_auc"] - 0.5) < 0.1
   assert start["eval/masked_lm_accuracy"] < 0.02
-  # The generator learns (chance is 1/2000); the discriminator at least learns the
-  # replaced-token base rate (its loss falls from ~0.69 towards the prior's entropy).
-  assert final["eval/masked_lm_accuracy"] > 0.06
+  # The generator beats always guessing the most frequent token (~6%), so it uses
+  # context; the discriminator ranks replaced tokens clearly above original ones.
+  unigram = _most_frequent_token_share(config)
+  print("most frequent held-out token share:", round(float(unigram), 4))
+  assert final["eval/masked_lm_accuracy"] > 1.5 * unigram
   assert final["eval/masked_lm_loss"] < start["eval/masked_lm_loss"] - 1.0
-  assert final["eval/disc_loss"] < start["eval/disc_loss"] - 0.2
-  assert final["eval/disc_accuracy"] >= 1 - final["eval/replaced_fraction"] - 0.01
+  assert final["eval/disc_auc"] > 0.65
+  assert final["eval/disc_loss"] < start["eval/disc_loss"] - 0.25
   train_rows = [r for r in rows if "train/loss" in r]
-  assert [r["step"] for r in train_rows] == [100, 200, 300]
+  assert [r["step"] for r in train_rows] == [200, 400, 600]
   for r in train_rows:
     for key in ("train/learning_rate", "train/grad_norm", "perf/tokens_per_s",
                 "perf/eta_s", "train/disc_auc", "train/sampled_masked_lm_accuracy"):
       assert key in r and np.isfinite(r[key])
   assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"]
   assert os.listdir(tmp_path / "run" / "tensorboard")
-  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["150", "300"]
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["300", "600"]
   assert os.listdir(tmp_path / "run" / "vocab") == ["spm.model"]
 
 
