@@ -128,6 +128,13 @@ def austen_config(init_dir: str, **overrides):
 
 @pytest.fixture(scope="module")
 def austen_run(pretrain_workdir, tmp_path_factory):
+  """Two seeds fine-tuned from `pretrain_workdir` (initial-scale random weights).
+
+  Not from conftest's tiny pretraining: at that scale the discriminator's [CLS] state
+  (never a replacement candidate) ends near constant, and one epoch of fine-tuning from
+  it stays at the majority class (measured: dev accuracy 0.240 = majority for both
+  seeds); benchmarks/shared_tasks.py reports pretrained vs random init at 3 epochs.
+  """
   workdir = str(tmp_path_factory.mktemp("austen"))
   config = austen_config(pretrain_workdir[0], seeds="1,2")
   return workdir, config, finetune.finetune_and_evaluate(config, workdir)

@@ -14,46 +14,6 @@ from electra_jax import train
 from electra_jax.config import pretrain_config
 from electra_jax.errors import UserInputError
 
-CORPUS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "corpus"
-
-
-def _slice_corpus(dest: pathlib.Path, files_and_bytes):
-  dest.mkdir(parents=True, exist_ok=True)
-  for name, n in files_and_bytes:
-    text = (CORPUS / name).read_bytes()[:n].decode("utf-8", "ignore")
-    (dest / name).write_text(text, encoding="utf-8")
-  return str(dest / "*.txt")
-
-
-@pytest.fixture(scope="module")
-def corpus_glob(tmp_path_factory):
-  if not CORPUS.exists():
-    pytest.skip("../shared/corpus is not present")
-  return _slice_corpus(tmp_path_factory.mktemp("corpus"),
-                       [("austen.txt", 700_000), ("moby_dick.txt", 500_000),
-                        ("sotu.txt", 500_000)])
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("cache"))
-
-
-def tiny_config(corpus_glob, cache_dir, **train_overrides):
-  c = pretrain_config("tiny")
-  c.data.text = corpus_glob
-  c.data.cache_dir = cache_dir
-  c.data.vocab_size = 2000
-  c.data.max_seq_length = 64
-  c.data.validation_fraction = 0.05
-  c.data.num_workers = 1
-  c.train.batch_size = 32
-  c.train.eval_batches = 4
-  c.train.progress_bar = "off"
-  for k, v in train_overrides.items():
-    setattr(c.train, k, v)
-  return c
-
 
 def read_metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
@@ -72,22 +32,10 @@ def _most_frequent_token_share(config):
   return np.bincount(ids).max() / len(ids)
 
 
-def test_tiny_run_learns_on_held_out_text(corpus_glob, cache_dir, tmp_path):
-  config = tiny_config(corpus_glob, cache_dir, steps=600, log_every=200, eval_every=300,
-                       checkpoint_every=300)
-  config.optim.learning_rate = 2e-3
-  config.optim.warmup_steps = 50
-  # At this scale (2-layer, 64-wide, 600 steps on 1.7 MB) a generator sampling at
-  # temperature 1 matches the unigram distribution within ~100 steps, and detecting its
-  # replacements needs bigram-level context that neither this discriminator nor a
-  # minimal reference transformer (trained alone on unigram replacements) learns within
-  # 1000 steps: both sit at the base rate, AUC ~0.52.  Sampling at temperature 2 keeps the replacements detectable, so the run
-  # shows the whole loop learning in a test's budget; a half-width generator (the
-  # paper's upper end) learns context fast enough to beat the unigram guess.
-  config.pretrain.temperature = 2.0
-  config.model.generator_size = 0.5
-  final = train.train_and_evaluate(config, str(tmp_path / "run"))
-  rows = read_metrics(tmp_path / "run")
+def test_tiny_run_learns_on_held_out_text(tiny_pretrained_run):
+  workdir, config, final = tiny_pretrained_run  # see its docstring in conftest.py
+  workdir = pathlib.Path(workdir)
+  rows = read_metrics(workdir)
   start = next(r for r in rows if r["step"] == 0 and "eval/disc_auc" in r)
   print("held-out at start:", {k: round(v, 4) for k, v in start.items() if k.startswith("eval/")})
   print("held-out at end:", {k: round(v, 4) for k, v in final.items()})
@@ -109,9 +57,9 @@ def test_tiny_run_learns_on_held_out_text(corpus_glob, cache_dir, tmp_path):
                 "perf/eta_s", "train/disc_auc", "train/sampled_masked_lm_accuracy"):
       assert key in r and np.isfinite(r[key])
   assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"]
-  assert os.listdir(tmp_path / "run" / "tensorboard")
-  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["300", "600"]
-  assert os.listdir(tmp_path / "run" / "vocab") == ["spm.model"]
+  assert os.listdir(workdir / "tensorboard")
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["300", "600"]
+  assert os.listdir(workdir / "vocab") == ["spm.model"]
 
 
 def _params(workdir):
@@ -122,7 +70,7 @@ def _params(workdir):
   return step, restored["state"]
 
 
-def test_resume_matches_uninterrupted_run(corpus_glob, cache_dir, tmp_path):
+def test_resume_matches_uninterrupted_run(tiny_config, corpus_glob, cache_dir, tmp_path):
   steps = 8
   straight = tiny_config(corpus_glob, cache_dir, steps=steps, log_every=1, eval_every=100,
                          checkpoint_every=100)
@@ -149,7 +97,7 @@ def test_resume_matches_uninterrupted_run(corpus_glob, cache_dir, tmp_path):
     assert a[s] == pytest.approx(b[s], rel=1e-6), s
 
 
-def test_resume_refuses_a_different_model(corpus_glob, cache_dir, tmp_path):
+def test_resume_refuses_a_different_model(tiny_config, corpus_glob, cache_dir, tmp_path):
   config = tiny_config(corpus_glob, cache_dir, steps=2, log_every=1, eval_every=100,
                        checkpoint_every=1)
   train.train_and_evaluate(config, str(tmp_path / "run"))
