@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -199,10 +199,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_state, state_sharding)
+    items = {"state": ocp.args.StandardRestore(target)}
+    # A checkpoint written by `electra_jax.hf import` has no 'data' item: the data
+    # iterator then starts at the beginning.
+    if os.path.isdir(os.path.join(workdir, "checkpoints", str(start_step), "data")):
+      items["data"] = grain.checkpoint.CheckpointRestore(train_iter)
     try:
-      restored = manager.restore(start_step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target),
-          data=grain.checkpoint.CheckpointRestore(train_iter)))
+      restored = manager.restore(start_step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, TypeError) as e:
       raise UserInputError(
           f"checkpoint {start_step} in {workdir}/checkpoints does not match this model config "
@@ -275,41 +278,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if step == 0:  # held-out metrics before any training, for comparison
     writer.write(0, evaluate(state.params))
   pending, to_log = [], None  # device metric sums not yet fetched
-  input_s, interval_steps = 0.0, 0
-  mark = time.perf_counter()  # start of the current log interval (pauses excluded)
+  input_s = 0.0
+  clock = _Throughput(step)
+
+  def perf(logged_step: int, input_wait_s: float):
+    """perf/* scalars, computed once `logged_step`'s metrics have reached the host."""
+    def measure():
+      steps_per_s, busy_s = clock.measure(logged_step)
+      return {"perf/steps_per_s": steps_per_s,
+              "perf/tokens_per_s": steps_per_s * tokens_per_step,
+              "perf/input_wait_frac": min(1.0, input_wait_s / busy_s),
+              "perf/eta_s": (end - logged_step) / max(steps_per_s, 1e-9),
+              "perf/compile_s": compile_s}
+    return measure
+
   while step < end:
     tin = time.perf_counter()
     batch = _device_batch(next(train_iter), batch_sharding)
     input_s += time.perf_counter() - tin
     state, sums = compiled(state, batch)  # asynchronous: the host runs ahead
     step += 1
-    interval_steps += 1
     pending.append(sums)
     if to_log is not None:  # the previous log step has finished by now: fetch it
       _log_train(writer, *to_log)
       to_log = None
     writer.advance(step)
     if step % t.log_every == 0 or step == end:
-      busy_s = max(time.perf_counter() - mark, 1e-9)
-      steps_per_s = interval_steps / busy_s
-      perf = {"perf/steps_per_s": steps_per_s,
-              "perf/tokens_per_s": steps_per_s * tokens_per_step,
-              "perf/input_wait_frac": input_s / busy_s,
-              "perf/eta_s": (end - step) / max(steps_per_s, 1e-9),
-              "perf/compile_s": compile_s}
-      to_log = (step, pending, perf)
-      pending, interval_steps, input_s = [], 0, 0.0
-      mark = time.perf_counter()
+      to_log = (step, pending, perf(step, input_s))
+      pending, input_s = [], 0.0
     pause = time.perf_counter()
     if step % t.eval_every == 0 or step == t.steps:
       if to_log is not None:
         _log_train(writer, *to_log)
         to_log = None
+      pause = time.perf_counter()
       last_eval = evaluate(state.params)
       writer.write(step, last_eval)
     if step % t.checkpoint_every == 0 or step == end:
       save(step, state)
-    mark += time.perf_counter() - pause  # eval and checkpoint pauses don't count
+    clock.pause(time.perf_counter() - pause)  # eval and checkpoint pauses don't count
   if to_log is not None:
     _log_train(writer, *to_log)
   if not last_eval:  # stopped early, or resumed at the end: still report held-out metrics
@@ -321,8 +328,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return last_eval
 
 
-def _log_train(writer: MetricWriter, step: int, pending, perf: dict[str, float]):
-  host = _host_sums(pending)
+class _Throughput:
+  """Training steps per second between log points, excluding eval/checkpoint pauses.
+
+  Each interval ends when the logged step's metrics reach the host (the fetch blocks
+  until the device has run that step), so the host running ahead of the device does
+  not inflate the first interval or shift time between intervals.
+  """
+
+  def __init__(self, step: int):
+    self.step, self.time, self.paused = step, time.perf_counter(), 0.0
+
+  def pause(self, seconds: float):
+    self.paused += seconds
+
+  def measure(self, step: int) -> tuple[float, float]:
+    """(steps/s, busy seconds) since the previous call; starts the next interval."""
+    now = time.perf_counter()
+    busy_s = max(now - self.time - self.paused, 1e-9)
+    steps_per_s = (step - self.step) / busy_s
+    self.step, self.time, self.paused = step, now, 0.0
+    return steps_per_s, busy_s
+
+
+def _log_train(writer: MetricWriter, step: int, pending,
+               perf: Callable[[], dict[str, float]]):
+  host = _host_sums(pending)  # blocks until `step` has run on the device
   n = len(pending)
   grad_norm = float(host.pop("grad_norm")) / n
   lr = float(np.asarray(jax.device_get(pending[-1]["learning_rate"])))
@@ -333,7 +364,7 @@ def _log_train(writer: MetricWriter, step: int, pending, perf: dict[str, float])
                              "lower config.optim.learning_rate or check the data")
   scalars = {f"train/{k}": v for k, v in metrics.items()}
   scalars.update({"train/grad_norm": grad_norm, "train/learning_rate": lr})
-  scalars.update(perf)
+  scalars.update(perf())
   writer.write(step, scalars)
 
 

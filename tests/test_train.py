@@ -135,3 +135,14 @@ def test_cli_rejects_batch_not_divisible_by_devices(tmp_path):
   assert r.returncode == 2, r.stderr
   lines = [l for l in r.stderr.splitlines() if l.startswith("error:")]
   assert len(lines) == 1 and "divisible by the 8 devices" in lines[0]
+
+
+def test_throughput_excludes_pauses_and_counts_steps_between_fetches(monkeypatch):
+  now = [100.0]
+  monkeypatch.setattr(train.time, "perf_counter", lambda: now[0])
+  clock = train._Throughput(step=10)  # pylint: disable=protected-access
+  now[0] = 104.0
+  clock.pause(2.0)  # e.g. an eval: 2 of the 4 seconds were not training
+  assert clock.measure(20) == (5.0, 2.0)  # 10 steps in 2 busy seconds
+  now[0] = 105.0
+  assert clock.measure(30) == (10.0, 1.0)  # the pause does not carry over
