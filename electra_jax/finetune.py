@@ -144,9 +144,10 @@ def load_init(init_path: str) -> tuple[EncoderConfig, dict[str, Any], Tokenizer]
       vocab fingerprint), vocab/<vocab file>, checkpoints/<step>/ -- the latest
       checkpoint's discriminator (embeddings + encoder) is restored as numpy arrays
       on the host, without reading the generator or the optimizer state.
-  Hook: a Hugging Face export directory (DIR/discriminator or DIR/model.safetensors)
-  is recognised but needs electra_jax.hf's importer; until that is wired in here it
-  is a UserInputError, as is any unknown layout.
+    * a Hugging Face directory (an `electra_jax.hf export` root holding
+      discriminator/, or a model dir with config.json and model.safetensors), read by
+      `electra_jax.hf.load_encoder`.
+  Any other layout is a UserInputError.
   """
   path = os.path.abspath(os.path.expanduser(init_path))
   if not os.path.exists(path):
@@ -158,12 +159,8 @@ def load_init(init_path: str) -> tuple[EncoderConfig, dict[str, Any], Tokenizer]
   if _is_pretraining_workdir(path):
     return _load_pretraining_workdir(path)
   if _is_hf_export(path):
-    # Hook for the Hugging Face importer (electra_jax.hf): convert the export into an
-    # (EncoderConfig, ElectraEncoder params, Tokenizer) triple here.
-    raise UserInputError(
-        f"config.init={init_path} looks like a Hugging Face export, which fine-tuning "
-        f"cannot read yet; convert it with `python -m electra_jax.hf import "
-        f"--hf_dir={init_path} --workdir=NEW` and pass NEW")
+    from electra_jax import hf  # pylint: disable=g-import-not-at-top
+    return hf.load_encoder(path)
   raise UserInputError(
       f"config.init={init_path} is not a pretraining workdir (expected config.json, "
       f"vocab/ and checkpoints/<step>/ from electra_jax.train)")
