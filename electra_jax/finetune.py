@@ -54,6 +54,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from electra_jax import optim
 from electra_jax import task_metrics
 from electra_jax import tasks
+from electra_jax import train
 from electra_jax.errors import UserInputError
 from electra_jax.model import (SIZES, ElectraEncoder, EncoderConfig, abstract_params,
                                encoder_config_from)
@@ -184,39 +185,13 @@ def _workdir_tokenizer(path: str, saved: dict) -> Tokenizer:
 
 
 def _load_pretraining_workdir(path: str):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   saved = _read_json(os.path.join(path, "config.json"))
   if not isinstance(saved.get("model"), dict):
     raise UserInputError(f"{path}/config.json has no 'model' section; is it a "
                          f"pretraining workdir?")
   tokenizer = _workdir_tokenizer(path, saved)
   cfg = encoder_config_from(saved["model"], tokenizer.vocab_size)
-  ckpt_dir = os.path.join(path, "checkpoints")
-  steps = [int(d) for d in os.listdir(ckpt_dir)
-           if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d, "state"))]
-  if not steps:
-    raise UserInputError(f"no checkpoint in {ckpt_dir}; pretrain first (electra_jax.train "
-                         f"writes checkpoints/<step>/) or use config.init=''")
-  step = max(steps)
-  target = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                                   abstract_params(ElectraEncoder(cfg)))}
-  try:
-    restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(ckpt_dir, str(step), "state"),
-        args=ocp.args.PyTreeRestore(
-            item=target, partial_restore=True,
-            restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                      target)))
-  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-    raise UserInputError(
-        f"checkpoint {step} in {ckpt_dir} does not match its config.json and vocab "
-        f"({str(e).splitlines()[0][:200]})") from e
-  params = restored["params"]
-  for want, got in zip(jax.tree.leaves(target["params"]), jax.tree.leaves(params)):
-    if tuple(want.shape) != tuple(np.shape(got)):
-      raise UserInputError(
-          f"checkpoint {step} in {ckpt_dir} holds a tensor of shape {np.shape(got)} where "
-          f"its config.json and vocab give {want.shape}; the vocab does not match")
+  step, params = train.restore_params(path, abstract_params(ElectraEncoder(cfg)))
   print(f"init: {path} checkpoint {step} (discriminator {cfg.num_layers} layers, "
         f"hidden {cfg.hidden_size}, vocab {tokenizer.vocab_size})", flush=True)
   return cfg, params, tokenizer

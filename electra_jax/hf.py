@@ -434,9 +434,7 @@ class Workdir:
 
 def read_workdir(path: str) -> Workdir:
   """The latest checkpoint's params (numpy) and the model shape of a pretraining workdir."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from electra_jax import finetune  # pylint: disable=g-import-not-at-top
+  from electra_jax import finetune, train  # pylint: disable=g-import-not-at-top
   from electra_jax.model import (ElectraPretrainingModel, abstract_params,  # pylint: disable=g-import-not-at-top
                                  encoder_config_from, generator_config)
   path = os.path.abspath(os.path.expanduser(path))
@@ -453,25 +451,9 @@ def read_workdir(path: str) -> Workdir:
   disc = encoder_config_from(model_cfg, tokenizer.vocab_size)
   gen = generator_config(disc, model_cfg.get('generator_size', 0.25))
   sharing = model_cfg.get('embedding_sharing', 'tied')
-  ckpt_dir = os.path.join(path, 'checkpoints')
-  steps = [int(d) for d in os.listdir(ckpt_dir)
-           if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d, 'state'))]
-  if not steps:
-    raise UserInputError(f'no checkpoint in {ckpt_dir}; pretrain first')
-  step = max(steps)
-  abstract = abstract_params(ElectraPretrainingModel(disc, gen, sharing))
-  target = {'params': jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)}
-  try:
-    restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(ckpt_dir, str(step), 'state'),
-        args=ocp.args.PyTreeRestore(
-            item=target, partial_restore=True,
-            restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                      target)))
-  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-    raise UserInputError(f'checkpoint {step} in {ckpt_dir} does not match its config.json '
-                         f'({str(e).splitlines()[0][:200]})') from e
-  return Workdir(disc, gen, sharing, restored['params'], tokenizer, step)
+  step, params = train.restore_params(
+      path, abstract_params(ElectraPretrainingModel(disc, gen, sharing)))
+  return Workdir(disc, gen, sharing, params, tokenizer, step)
 
 
 def hf_tensors(params, disc, gen, embedding_sharing: str) -> dict[str, dict[str, np.ndarray]]:
@@ -702,7 +684,6 @@ def _import_params(disc, gen, sharing: str, disc_src, gen_src, seed: int) -> dic
 def _write_workdir(path: str, config, tokenizer, params):
   """config.json, vocab/ and checkpoints/0 (fresh optimizer state), as train.py has them."""
   import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from electra_jax import optim, train  # pylint: disable=g-import-not-at-top
   train.check_workdir_config(path, config, tokenizer.fingerprint if tokenizer else '')
   if tokenizer is not None:
@@ -710,11 +691,7 @@ def _write_workdir(path: str, config, tokenizer, params):
   tx, _ = optim.make_optimizer(config.optim, config.train.steps)
   state = train.TrainState(step=np.asarray(0, np.int32), params=params,
                            opt_state=jax.tree.map(np.asarray, tx.init(params)))
-  manager = ocp.CheckpointManager(os.path.join(path, 'checkpoints'),
-                                  item_handlers={'state': ocp.StandardCheckpointHandler()})
-  manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-  manager.wait_until_finished()
-  manager.close()
+  train.save_state(path, state)
 
 
 def _check_tied_head(gen_t: Mapping[str, np.ndarray], gen_dir: str):

@@ -109,6 +109,54 @@ def save_vocab(workdir: str, vocab_path: str) -> str:
   return dest
 
 
+def save_state(workdir: str, state: TrainState):
+  """Writes `state` as WORKDIR/checkpoints/<step>/state, the layout train_and_evaluate
+  resumes from (without a 'data' item: the input pipeline then starts at the beginning)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
+  manager.save(int(state.step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  manager.wait_until_finished()
+  manager.close()
+
+
+def restore_params(workdir: str, abstract_params) -> tuple[int, Any]:
+  """(step, params as numpy) of WORKDIR's latest checkpoint, reading only the params.
+
+  `abstract_params` is the expected params tree (ShapeDtypeStructs, e.g. from
+  model.abstract_params); a sub-tree of the saved one is fine (partial restore).
+  Raises UserInputError when there is no checkpoint or its tensors do not fit.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  steps = [int(d) for d in os.listdir(ckpt_dir)
+           if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d, "state"))]
+  if not steps:
+    raise UserInputError(f"no checkpoint in {ckpt_dir}; pretrain first (electra_jax.train "
+                         f"writes checkpoints/<step>/)")
+  step = max(steps)
+  target = {"params": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                                   abstract_params)}
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(
+        os.path.join(ckpt_dir, str(step), "state"),
+        args=ocp.args.PyTreeRestore(
+            item=target, partial_restore=True,
+            restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                      target)))
+  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+    raise UserInputError(
+        f"checkpoint {step} in {ckpt_dir} does not match its config.json and vocab "
+        f"({str(e).splitlines()[0][:200]})") from e
+  params = restored["params"]
+  for want, got in zip(jax.tree.leaves(target["params"]), jax.tree.leaves(params)):
+    if tuple(want.shape) != tuple(np.shape(got)):
+      raise UserInputError(
+          f"checkpoint {step} in {ckpt_dir} holds a tensor of shape {np.shape(got)} where "
+          f"its config.json and vocab give {want.shape}; the vocab does not match")
+  return step, params
+
+
 def _lookup(tree, dotted):
   for part in dotted.split("."):
     if not isinstance(tree, dict) or part not in tree:

@@ -71,7 +71,6 @@ def pretrain_workdir(vocab_path, tmp_path_factory):
   weights are the initial ones: a real tiny pretraining costs ~50 s of compilation and
   data building on the test machine (tests/test_train.py covers that path).
   """
-  import orbax.checkpoint as ocp
   workdir = str(tmp_path_factory.mktemp("pretrain"))
   config = pretrain_config("tiny")
   config.data.vocab = vocab_path
@@ -84,11 +83,7 @@ def pretrain_workdir(vocab_path, tmp_path_factory):
   tx, _ = optim.make_optimizer(config.optim, config.train.steps)
   opt_state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(tx.init, params))
   state = train.TrainState(step=np.asarray(3, np.int32), params=params, opt_state=opt_state)
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
-  manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-  manager.wait_until_finished()
-  manager.close()
+  train.save_state(workdir, state)
   return workdir, params
 
 

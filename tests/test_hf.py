@@ -54,7 +54,6 @@ def make_workdir(path, size="tiny", sharing="tied", seed=0, vocab=None):
 
   The vocab is a WordPiece vocab.txt of WORDS unless `vocab` names another file.
   """
-  import orbax.checkpoint as ocp
   if vocab is None:
     vocab = path.parent / f"{path.name}_vocab.txt"
     vocab.write_text("\n".join(WORDS) + "\n", encoding="utf-8")
@@ -72,11 +71,7 @@ def make_workdir(path, size="tiny", sharing="tied", seed=0, vocab=None):
   tx, _ = optim.make_optimizer(config.optim, config.train.steps)
   opt_state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), jax.eval_shape(tx.init, params))
   state = train.TrainState(step=np.asarray(5, np.int32), params=params, opt_state=opt_state)
-  manager = ocp.CheckpointManager(os.path.join(path, "checkpoints"),
-                                  item_handlers={"state": ocp.StandardCheckpointHandler()})
-  manager.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-  manager.wait_until_finished()
-  manager.close()
+  train.save_state(str(path), state)
   return str(path), model, params
 
 
