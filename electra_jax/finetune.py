@@ -167,29 +167,8 @@ def load_init(init_path: str) -> tuple[EncoderConfig, dict[str, Any], Tokenizer]
       f"vocab/ and checkpoints/<step>/ from electra_jax.train)")
 
 
-def _workdir_tokenizer(path: str, saved: dict) -> Tokenizer:
-  vocab_dir = os.path.join(path, "vocab")
-  files = sorted(f for f in os.listdir(vocab_dir) if not f.endswith(".tmp")) \
-      if os.path.isdir(vocab_dir) else []
-  if not files:
-    raise UserInputError(f"pretraining workdir {path} has no vocab/ file; it was not "
-                         f"written by electra_jax.train, or is incomplete")
-  tokenizer = load_tokenizer(os.path.join(vocab_dir, files[0]))
-  want = saved.get("vocab_fingerprint")
-  if want and tokenizer.fingerprint != want:
-    raise UserInputError(
-        f"vocab mismatch in {path}: vocab/{files[0]} has fingerprint "
-        f"{tokenizer.fingerprint} but config.json records {want}; restore the original "
-        f"vocab file")
-  return tokenizer
-
-
 def _load_pretraining_workdir(path: str):
-  saved = _read_json(os.path.join(path, "config.json"))
-  if not isinstance(saved.get("model"), dict):
-    raise UserInputError(f"{path}/config.json has no 'model' section; is it a "
-                         f"pretraining workdir?")
-  tokenizer = _workdir_tokenizer(path, saved)
+  saved, tokenizer = train.read_workdir_config(path)
   cfg = encoder_config_from(saved["model"], tokenizer.vocab_size)
   step, params = train.restore_params(path, abstract_params(ElectraEncoder(cfg)))
   print(f"init: {path} checkpoint {step} (discriminator {cfg.num_layers} layers, "

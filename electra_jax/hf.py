@@ -434,20 +434,12 @@ class Workdir:
 
 def read_workdir(path: str) -> Workdir:
   """The latest checkpoint's params (numpy) and the model shape of a pretraining workdir."""
-  from electra_jax import finetune, train  # pylint: disable=g-import-not-at-top
+  from electra_jax import train  # pylint: disable=g-import-not-at-top
   from electra_jax.model import (ElectraPretrainingModel, abstract_params,  # pylint: disable=g-import-not-at-top
                                  encoder_config_from, generator_config)
   path = os.path.abspath(os.path.expanduser(path))
-  if not (os.path.isfile(os.path.join(path, 'config.json'))
-          and os.path.isdir(os.path.join(path, 'checkpoints'))):
-    raise UserInputError(f'--workdir={path} is not a pretraining workdir (expected '
-                         f'config.json and checkpoints/ from electra_jax.train)')
-  saved = _read_json(os.path.join(path, 'config.json'))
-  model_cfg = saved.get('model')
-  if not isinstance(model_cfg, dict):
-    raise UserInputError(f"{path}/config.json has no 'model' section; is it a pretraining "
-                         f"workdir?")
-  tokenizer = finetune._workdir_tokenizer(path, saved)  # pylint: disable=protected-access
+  saved, tokenizer = train.read_workdir_config(path)
+  model_cfg = saved['model']
   disc = encoder_config_from(model_cfg, tokenizer.vocab_size)
   gen = generator_config(disc, model_cfg.get('generator_size', 0.25))
   sharing = model_cfg.get('embedding_sharing', 'tied')

@@ -31,7 +31,7 @@ from electra_jax.errors import UserInputError
 from electra_jax.model import (ElectraPretrainingModel, discriminator_param_count,
                                count_params, encoder_config_from, generator_config)
 from electra_jax.reporting import MetricWriter
-from electra_jax.tokenization import load_tokenizer
+from electra_jax.tokenization import Tokenizer, load_tokenizer
 
 
 @flax.struct.dataclass
@@ -94,6 +94,40 @@ def check_workdir_config(workdir: str, config, vocab_fingerprint: str):
     with open(tmp, "w", encoding="utf-8") as f:
       json.dump(current, f, indent=2, sort_keys=True)
     os.replace(tmp, path)
+
+
+def read_workdir_config(workdir: str) -> tuple[dict, Tokenizer]:
+  """(saved config.json as a dict, tokenizer of WORKDIR/vocab/) of a pretraining workdir.
+
+  Checks what every reader of a finished run relies on: config.json parses and has a
+  'model' section, checkpoints/ exists, and the vocab matches the recorded fingerprint.
+  """
+  path = os.path.abspath(os.path.expanduser(workdir))
+  config_path = os.path.join(path, "config.json")
+  if not (os.path.isfile(config_path) and os.path.isdir(os.path.join(path, "checkpoints"))):
+    raise UserInputError(f"{path} is not a pretraining workdir (expected config.json and "
+                         f"checkpoints/ from electra_jax.train)")
+  try:
+    with open(config_path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserInputError(f"cannot read {config_path} ({e}); is it a pretraining workdir?") from e
+  if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+    raise UserInputError(f"{config_path} has no 'model' section; is it a pretraining workdir?")
+  vocab_dir = os.path.join(path, "vocab")
+  files = sorted(f for f in os.listdir(vocab_dir) if not f.endswith(".tmp")) \
+      if os.path.isdir(vocab_dir) else []
+  if not files:
+    raise UserInputError(f"pretraining workdir {path} has no vocab/ file; it was not "
+                         f"written by electra_jax.train, or is incomplete")
+  tokenizer = load_tokenizer(os.path.join(vocab_dir, files[0]))
+  want = saved.get("vocab_fingerprint")
+  if want and tokenizer.fingerprint != want:
+    raise UserInputError(
+        f"vocab mismatch in {path}: vocab/{files[0]} has fingerprint "
+        f"{tokenizer.fingerprint} but config.json records {want}; restore the original "
+        f"vocab file")
+  return saved, tokenizer
 
 
 def save_vocab(workdir: str, vocab_path: str) -> str:
