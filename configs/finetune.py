@@ -38,6 +38,8 @@ def get_config():
   c.seeds = "1"  # comma-separated seeds, one full run each; results report median and spread
   c.eval_batch_size = 128  # GLOBAL evaluation batch size (last batch padded, never dropped)
   c.log_every = 100  # training steps between loss logs
+  c.checkpoint_every = 1000  # training steps between checkpoints of each seed's run; 0 = none mid-run
+  c.keep_final_checkpoint = True  # keep each seed's final checkpoint (the fine-tuned weights)
   c.write_test_predictions = True  # predict the test split(s) for each seed when the files exist
 
   # Columns of a generic (non-GLUE) TSV task; '' = infer from train.tsv's header.

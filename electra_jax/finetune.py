@@ -28,11 +28,18 @@ The workdir receives
   seed_<s>/metrics.json    one seed's metrics (written last: marks the seed done;
                            a rerun with the same settings reuses finished seeds);
   seed_<s>/metrics.jsonl, seed_<s>/tensorboard/   the training curves;
+  seed_<s>/settings.json   the resolved settings the seed's run was started with;
+  seed_<s>/checkpoints/<step>/   orbax checkpoints of the run (the layout pretraining
+                           uses: a 'state' item with step, params, opt_state), every
+                           config.checkpoint_every steps and at the end; an
+                           interrupted seed resumes from its latest one exactly
+                           (the batch order and dropout keys depend only on seed and
+                           step); the final one holds the fine-tuned weights unless
+                           config.keep_final_checkpoint is False;
   seed_<s>/predictions/    that seed's test predictions (GLUE submission files
                            such as SST-2.tsv / MNLI-m.tsv, or <split>.tsv for
                            other tasks);
   predictions/             a copy of the best seed's (by the main dev metric).
-Fine-tuned weights are not checkpointed: runs are short and the job can be rerun.
 """
 
 import dataclasses
@@ -278,6 +285,9 @@ def validate_config(config) -> None:
                          f"default), got {config.layerwise_lr_decay}")
   if config.log_every <= 0:
     raise UserInputError(f"config.log_every must be positive, got {config.log_every}")
+  if config.checkpoint_every < 0:
+    raise UserInputError(f"config.checkpoint_every must be >= 0 (0 = only at the end), got "
+                         f"{config.checkpoint_every}")
 
 
 def resolve_settings(config, spec: tasks.TaskSpec, cfg: EncoderConfig,
@@ -505,6 +515,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
 
   Returns the content of WORKDIR/results.json (see the module docstring).
   """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from electra_jax.reporting import MetricWriter  # pylint: disable=g-import-not-at-top
 
   # ------------------------------------------------------------------ settings
@@ -623,32 +634,45 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
       print(f"seed {seed}: reusing the finished run in {seed_dir}", flush=True)
       per_seed[str(seed)] = done
       continue
-    if is_main:  # an unfinished run: start over
-      shutil.rmtree(seed_dir, ignore_errors=True)
-      os.makedirs(seed_dir)
-    t0 = time.perf_counter()
-    init_key, dropout_key = jax.random.split(jax.random.key(seed))
-    state = init_state(init_key, pretrained)
-    order = _train_order(num_train, s.steps, s.batch_size, seed)
-    writer = MetricWriter(seed_dir, s.steps, "off")
-    pending, last_log = [], {}
-    for step in range(s.steps):
-      rows = order[step * s.batch_size:(step + 1) * s.batch_size]
-      batch = {k: v[rows] for k, v in train_data.items()}
-      batch["weights"] = np.ones((s.batch_size,), np.float32)
-      state, metrics = train_step(state, _device_batch(batch, batch_sharding), dropout_key)
-      pending.append(metrics)
-      if (step + 1) % config.log_every == 0 or step + 1 == s.steps:
-        fetched = jax.device_get(pending)
-        loss = float(np.mean([m["loss"] for m in fetched]))
-        if not np.isfinite(loss):
-          raise FloatingPointError(f"seed {seed}: training loss became {loss} by step "
-                                   f"{step + 1}; lower config.learning_rate")
-        last_log = {"train/loss": loss,
-                    "train/learning_rate": float(fetched[-1]["learning_rate"])}
-        if step + 1 < s.steps:  # the last one is written with the dev metrics
-          writer.write(step + 1, last_log)
-        pending = []
+    if is_main:
+      os.makedirs(seed_dir, exist_ok=True)
+    _check_seed_settings(seed_dir, settings, is_main)
+    manager = _checkpoint_manager(seed_dir)
+    try:  # closing the manager completes a save in flight, also on an error
+      t0 = time.perf_counter()
+      init_key, dropout_key = jax.random.split(jax.random.key(seed))
+      start = manager.latest_step()
+      if start is None:
+        state, start = init_state(init_key, pretrained), 0
+      else:  # an interrupted run: continue exactly where its last checkpoint left off
+        state = _restore_state(manager, start, abstract_state, state_sharding, seed_dir)
+        print(f"seed {seed}: resuming from checkpoint {start} in {seed_dir}", flush=True)
+      order = _train_order(num_train, s.steps, s.batch_size, seed)
+      writer = MetricWriter(seed_dir, s.steps, "off", initial_step=start)
+      pending, last_log = [], {}
+      for step in range(start, s.steps):
+        rows = order[step * s.batch_size:(step + 1) * s.batch_size]
+        batch = {k: v[rows] for k, v in train_data.items()}
+        batch["weights"] = np.ones((s.batch_size,), np.float32)
+        state, metrics = train_step(state, _device_batch(batch, batch_sharding), dropout_key)
+        pending.append(metrics)
+        if (step + 1) % config.log_every == 0 or step + 1 == s.steps:
+          fetched = jax.device_get(pending)
+          loss = float(np.mean([m["loss"] for m in fetched]))
+          if not np.isfinite(loss):
+            raise FloatingPointError(f"seed {seed}: training loss became {loss} by step "
+                                     f"{step + 1}; lower config.learning_rate")
+          last_log = {"train/loss": loss,
+                      "train/learning_rate": float(fetched[-1]["learning_rate"])}
+          if step + 1 < s.steps:  # the last one is written with the dev metrics
+            writer.write(step + 1, last_log)
+          pending = []
+        if ((config.checkpoint_every and (step + 1) % config.checkpoint_every == 0)
+            or step + 1 == s.steps):
+          manager.save(step + 1, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+      manager.wait_until_finished()
+    finally:
+      manager.close()
     train_s = time.perf_counter() - t0
 
     result = {"seed": seed, "train_seconds": round(train_s, 2)}
@@ -675,6 +699,8 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     writer.close()
     if is_main:
       _write_json(done_path, result)
+      if not config.keep_final_checkpoint:
+        shutil.rmtree(os.path.join(seed_dir, "checkpoints"), ignore_errors=True)
     per_seed[str(seed)] = result
     print(f"seed {seed}: " + "; ".join(
         f"{split} " + " ".join(f"{k}={v:.4f}" for k, v in result[split].items())
@@ -686,6 +712,42 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
   for split, (guids, _) in {**dev_data, **test_data}.items():
     counts[split] = len(guids)
   return _write_results(workdir, spec, seeds, per_seed, settings, counts, is_main)
+
+
+def _check_seed_settings(seed_dir: str, settings: dict, is_main: bool) -> None:
+  """Records the settings a seed's run starts with; refuses to resume under others."""
+  path = os.path.join(seed_dir, "settings.json")
+  if os.path.exists(path):
+    if _read_json(path) != json.loads(json.dumps(settings)):
+      raise UserInputError(
+          f"{seed_dir} holds an unfinished run with different settings; use a new "
+          f"--workdir (or delete {seed_dir})")
+  elif is_main:
+    # A seed dir without settings.json (an old layout) cannot be resumed safely.
+    shutil.rmtree(os.path.join(seed_dir, "checkpoints"), ignore_errors=True)
+    _write_json(path, settings)
+
+
+def _checkpoint_manager(seed_dir: str):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp.CheckpointManager(
+      os.path.join(seed_dir, "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True),
+      item_handlers={"state": ocp.StandardCheckpointHandler()})
+
+
+def _restore_state(manager, step: int, abstract_state, state_sharding, seed_dir: str):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                        abstract_state, state_sharding)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
+  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+    raise UserInputError(
+        f"checkpoint {step} in {seed_dir}/checkpoints does not fit this run "
+        f"({str(e).splitlines()[0][:200]}); delete {seed_dir} to start the seed over") from e
+  return restored["state"]
 
 
 def _write_results(workdir, spec, seeds, per_seed, settings, counts, is_main) -> dict:

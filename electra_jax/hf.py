@@ -317,14 +317,25 @@ def _read_raw_tensors(path: str, allow_pickle: bool) -> dict[str, np.ndarray]:
 
 
 def _load_safetensors(paths: list[str]) -> dict[str, np.ndarray]:
+  """Every tensor of the files as numpy; bfloat16/float16 ones are widened to float32.
+
+  Read through safetensors' jax reader: numpy has no bfloat16, and checkpoints saved
+  with torch_dtype=bfloat16 are common.
+  """
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
   try:
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise UserInputError(f'reading Hugging Face weights needs safetensors; {_INSTALL_HINT}') from e
   out = {}
   for p in paths:
     try:
-      out.update(load_file(p))
+      with safe_open(p, framework='flax') as f:
+        for name in f.keys():
+          value = np.asarray(f.get_tensor(name))
+          if value.dtype in (np.float16, ml_dtypes.bfloat16):
+            value = value.astype(np.float32)
+          out[name] = value
     except Exception as e:  # pylint: disable=broad-except
       raise UserInputError(f'cannot read {p} ({str(e).splitlines()[0][:200]})') from e
   return out

@@ -381,3 +381,51 @@ def test_seeds_and_summary():
   assert s == pytest.approx({"median": 0.65, "mean": 0.675, "std": float(np.std(
       [0.5, 0.9, 0.7, 0.6], ddof=1)), "min": 0.5, "max": 0.9, "n": 4})
   assert finetune.summarize([0.3])["std"] == 0.0
+
+
+@needs_shared
+def test_interrupted_seed_resumes_from_its_checkpoint_exactly(pretrain_workdir, tmp_path,
+                                                              monkeypatch, capsys):
+  """A run killed mid-seed continues from its latest checkpoint and ends with the same
+  weights and dev metrics as an uninterrupted run; the final checkpoint holds them."""
+  from electra_jax import reporting  # pylint: disable=g-import-not-at-top
+  config = austen_config(pretrain_workdir[0], epochs=0.15, log_every=5, checkpoint_every=10)
+  steps = int(7526 * 0.15 / 32)
+  assert steps == 35
+  reference = finetune.finetune_and_evaluate(config, str(tmp_path / "reference"))
+
+  real_write = reporting.MetricWriter.write
+
+  def crash_at_25(self, step, metrics):
+    if step == 25:
+      raise KeyboardInterrupt("simulated preemption")
+    return real_write(self, step, metrics)
+
+  monkeypatch.setattr(reporting.MetricWriter, "write", crash_at_25)
+  workdir = tmp_path / "interrupted"
+  with pytest.raises(KeyboardInterrupt):
+    finetune.finetune_and_evaluate(config, str(workdir))
+  assert not (workdir / "seed_1" / "metrics.json").exists()
+  assert sorted(os.listdir(workdir / "seed_1" / "checkpoints")) == ["20"]
+  monkeypatch.setattr(reporting.MetricWriter, "write", real_write)
+  capsys.readouterr()
+  resumed = finetune.finetune_and_evaluate(config, str(workdir))
+  assert "seed 1: resuming from checkpoint 20" in capsys.readouterr().out
+  assert resumed["per_seed"]["1"]["dev"] == reference["per_seed"]["1"]["dev"]
+
+  ckpts = [str(d / "seed_1") for d in (tmp_path / "reference", workdir)]
+  assert [sorted(os.listdir(os.path.join(c, "checkpoints"))) for c in ckpts] == [["35"]] * 2
+  abstract = jax.eval_shape(
+      lambda: finetune.SequenceClassifier(encoder_config_from(SIZES["tiny"], 1000), 6).init(
+          jax.random.key(0), *(jnp.zeros((1, 8), jnp.int32),) * 3))["params"]
+  finals = [train.restore_params(c, abstract) for c in ckpts]
+  assert finals[0][0] == finals[1][0] == 35
+  for a, b in zip(jax.tree.leaves(finals[0][1]), jax.tree.leaves(finals[1][1])):
+    np.testing.assert_array_equal(a, b)
+
+  # Changed settings never resume someone else's checkpoint.
+  (workdir / "seed_1" / "metrics.json").unlink()
+  with pytest.raises(UserInputError, match="unfinished run with different settings"):
+    finetune.finetune_and_evaluate(
+        austen_config(pretrain_workdir[0], epochs=0.15, log_every=5, checkpoint_every=10,
+                      learning_rate=5e-4), str(workdir))

@@ -24,6 +24,7 @@ from electra_jax.tokenization import load_tokenizer
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
+from safetensors import safe_open  # noqa: E402  pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
@@ -357,3 +358,27 @@ def test_cli_reports_errors_with_exit_status_2(tiny, tmp_path):
   assert r.returncode == 2, r.stderr
   errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "already exists" in errors[0]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_import_of_half_precision_checkpoints(tiny, tmp_path, dtype):
+  """Checkpoints saved with torch_dtype=bfloat16/float16 import as their float32 values."""
+  out = tiny[3]
+  saved = {}
+  for cls, role in ((transformers.ElectraForPreTraining, "discriminator"),
+                    (transformers.ElectraForMaskedLM, "generator")):
+    saved[role] = str(tmp_path / role)
+    model = cls.from_pretrained(os.path.join(out, role)).to(getattr(torch, dtype))
+    model.save_pretrained(saved[role])
+  with safe_open(os.path.join(saved["discriminator"], "model.safetensors"), "pt") as f:
+    assert f.get_tensor("discriminator_predictions.dense.weight").dtype == getattr(torch, dtype)
+  new = hf.import_checkpoint(saved["discriminator"], str(tmp_path / "imported"),
+                             generator_dir=saved["generator"],
+                             vocab=os.path.join(out, "discriminator", "vocab.txt"))
+  again = hf.export(new, str(tmp_path / "again"))
+  for role in hf.SUBDIRS:
+    a, b = tensors(out, role), tensors(again, role)
+    for k in a:
+      assert b[k].dtype == np.float32
+      rounded = torch.from_numpy(a[k]).to(getattr(torch, dtype)).to(torch.float32).numpy()
+      np.testing.assert_array_equal(b[k], rounded, err_msg=k)
