@@ -23,6 +23,23 @@ def format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch.
+
+  tensorboardX imports torch, when installed (the `hf` extra), only to recognise torch
+  tensors, which we never log; that import costs 5-10 s at every start.  Hiding torch
+  while tensorboardX loads avoids it; torch stays importable afterwards.
+  """
+  if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+      import tensorboardX  # pylint: disable=g-import-not-at-top,unused-import
+    finally:
+      del sys.modules["torch"]
+  from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  return SummaryWriter
+
+
 class MetricWriter:
   """Writes scalars to metrics.jsonl, TensorBoard event files and the terminal."""
 
@@ -37,8 +54,7 @@ class MetricWriter:
       return
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
     use_bar = {"on": True, "off": False}.get(progress_bar, sys.stdout.isatty())
     if use_bar:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
