@@ -80,13 +80,16 @@ def tiny_pretrained_run(corpus_glob, cache_dir, tmp_path_factory):
   unigram replacements) learns within 1000 steps: both sit at the base rate, AUC
   ~0.52.  Sampling at temperature 2 keeps the replacements detectable, so the run shows
   the whole loop learning in a test's budget; a half-width generator (the paper's upper
-  end) learns context fast enough to beat the unigram guess.
+  end) learns context fast enough to beat the unigram guess.  The learning rate stays
+  moderate with configs/tiny.py's 200 warmup steps: at 2e-3 with 50 warmup steps the
+  held-out metrics were similar, but the discriminator's token states partly collapsed
+  and fine-tuning from it stayed at the majority class on austen_book (measured).
   """
   from electra_jax import train  # pylint: disable=g-import-not-at-top
   config = _tiny_config(corpus_glob, cache_dir, steps=600, log_every=200, eval_every=300,
                         checkpoint_every=300)
-  config.optim.learning_rate = 2e-3
-  config.optim.warmup_steps = 50
+  config.optim.learning_rate = 1.5e-3
+  config.optim.warmup_steps = 200
   config.pretrain.temperature = 2.0
   config.model.generator_size = 0.5
   workdir = str(tmp_path_factory.mktemp("tiny_pretrained") / "run")
