@@ -79,19 +79,18 @@ def test_shuffle_is_determined_by_seed():
 
 
 @pytest.mark.parametrize('process_count', [2, 3])
-def test_hosts_read_disjoint_parts_that_cover_the_data(process_count):
-  n = 11
-  parts = []
-  for host in range(process_count):
-    it = make(n=n, global_batch_size=2 * process_count, process_index=host,
-              process_count=process_count)
-    size = len(range(host, n, process_count))
-    got = stream(it, size)  # two epochs of this host's part
-    assert sorted(got[:size]) == sorted(got[size:]) == list(
-        range(host, n, process_count))
-    parts.append(set(got))
-  assert set().union(*parts) == set(range(n))
-  assert sum(map(len, parts)) == n
+def test_hosts_split_the_single_host_batches(process_count):
+  """Concatenating the hosts' batches in host order gives the 1-host stream exactly,
+  so a run's data does not depend on how many hosts it runs on."""
+  n, batch = 11, 2 * process_count
+  single = make(n=n, global_batch_size=batch, seed=5)
+  hosts = [make(n=n, global_batch_size=batch, seed=5, process_index=h,
+                process_count=process_count) for h in range(process_count)]
+  for _ in range(2 * n // batch + 1):  # more than two epochs
+    expected = ids(next(single))
+    parts = [ids(next(it)) for it in hosts]
+    assert all(len(p) == batch // process_count for p in parts)
+    assert sum(parts, []) == expected
 
 
 def test_defaults_to_jax_process_index_and_count():
@@ -163,9 +162,9 @@ def test_orbax_checkpoint_manager_round_trip(tmp_path):
 def test_errors():
   with pytest.raises(UserInputError, match='not divisible by the 3 hosts'):
     make(global_batch_size=4, process_count=3)
-  with pytest.raises(UserInputError, match='fewer than one per-host batch'):
+  with pytest.raises(UserInputError, match='fewer than one global batch'):
     make(n=3, global_batch_size=4)
-  with pytest.raises(UserInputError, match='fewer than one per-host batch'):
+  with pytest.raises(UserInputError, match='fewer than one global batch'):
     make(n=7, global_batch_size=8, process_index=1, process_count=2)
   with pytest.raises(UserInputError, match='process_index 2'):
     make(process_index=2, process_count=2)
@@ -186,17 +185,18 @@ def test_eval_batches_are_stable_in_order_and_cycle():
       assert a[k].dtype == np.int32 and a[k].shape == (4, L)
 
 
-def test_eval_batches_hosts_are_disjoint():
-  src = ToySource(20)
-  seen = []
-  for host in range(2):
-    batches = pipeline.eval_batches(src, global_batch_size=4, num_batches=5,
-                                    process_index=host, process_count=2)
-    assert len(batches) == 5 and batches[0]['input_ids'].shape == (2, L)
-    seen.append({i for b in batches for i in ids(b)})
-  assert seen[0] == set(range(0, 20, 2)) and seen[1] == set(range(1, 20, 2))
+def test_eval_batches_hosts_split_the_single_host_batches():
+  src = ToySource(7)
+  single = pipeline.eval_batches(src, global_batch_size=4, num_batches=5,
+                                 process_index=0, process_count=1)
+  hosts = [pipeline.eval_batches(src, global_batch_size=4, num_batches=5,
+                                 process_index=h, process_count=2) for h in range(2)]
+  assert all(len(b) == 5 and b[0]['input_ids'].shape == (2, L) for b in hosts)
+  for j in range(5):
+    assert ids(hosts[0][j]) + ids(hosts[1][j]) == ids(single[j])
+  assert ids(single[1]) == [4, 5, 6, 0]
   assert pipeline.eval_batches(src, global_batch_size=4, num_batches=0,
                                process_index=0, process_count=1) == []
-  with pytest.raises(UserInputError, match='none for host 2'):
-    pipeline.eval_batches(ToySource(2), global_batch_size=3, num_batches=1,
+  with pytest.raises(UserInputError, match='eval split has no examples'):
+    pipeline.eval_batches(ToySource(0), global_batch_size=3, num_batches=1,
                           process_index=2, process_count=3)

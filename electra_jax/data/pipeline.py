@@ -6,14 +6,15 @@ returning dicts of int32 arrays) into an endless, seeded, per-host sharded
 stream of batches built with grain.  `eval_batches` returns a fixed list of
 batches for held-out evaluation.
 
-Sharding: host `i` of `n` reads the examples `i, i + n, i + 2n, ...` of the
-source, so the hosts' parts are disjoint and together cover the data.  Each
-host yields batches of `global_batch_size // n` examples; the global batch of a
-step is the concatenation of the hosts' batches (feed it to
-`jax.make_array_from_process_local_data`).
+Sharding: the global batch of a step does not depend on the number of hosts.
+Every host draws the same global order of example indices (a permutation from
+`seed` and the epoch number) and cuts it into global batches; host `i` of `n`
+reads only its rows `[i * b, (i + 1) * b)` of each, `b = global_batch_size // n`.
+The hosts' rows are disjoint, and concatenated in host order (what
+`jax.make_array_from_process_local_data` does) they are the single-host batch:
+a run on 2 hosts sees exactly the data a run on 1 host sees.
 
-Order: each host shuffles its part with a permutation drawn from `seed` and the
-epoch number, so every epoch has a different order and every example appears
+Order: every epoch has a different permutation and every example appears
 exactly once per epoch.  The stream never ends; a batch may straddle an epoch
 boundary (nothing is dropped at the end of an epoch).
 
@@ -103,19 +104,25 @@ def _shuffle_seed(seed: int) -> int:
       1, np.uint32)[0])
 
 
-def _host_part(source, process_index: int, process_count: int, what: str):
-  """Returns this host's strided part of `source` as a grain.MapDataset."""
+def _length(source, what: str) -> int:
   try:
-    n = len(source)
+    return len(source)
   except TypeError as e:
     raise UserInputError(
         f'{what} source {type(source).__name__} has no length: pass a '
         'random-access source (e.g. open_dataset(dir).sources["train"])'
     ) from e
-  ds = grain.MapDataset.source(source)
-  if process_count > 1:
-    ds = ds[process_index::process_count]
-  return ds, n
+
+
+class _ReadRows:
+  """Global index batch -> this host's rows, read from `source` and stacked."""
+
+  def __init__(self, source, start: int, size: int):
+    self._source, self._start, self._size = source, start, size
+
+  def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    rows = indices[self._start:self._start + self._size]
+    return _stack([self._source[int(i)] for i in rows])
 
 
 class _PipelineIterator(grain.DatasetIterator):
@@ -204,19 +211,19 @@ def train_iterator(source,
   if prefetch < 0 or num_threads < 0:
     raise UserInputError(
         f'prefetch ({prefetch}) and num_threads ({num_threads}) must be >= 0')
-  ds, n = _host_part(source, process_index, process_count, 'train')
-  if len(ds) < batch:
+  n = _length(source, 'train')
+  if n < global_batch_size:
     raise UserInputError(
-        f'the train split has {n} examples, {len(ds)} for host '
-        f'{process_index} of {process_count}, fewer than one per-host batch '
-        f'of {batch}: use more data or a smaller global batch size '
-        f'(now {global_batch_size})')
-  ds = ds.shuffle(seed=_shuffle_seed(seed)).repeat(None)
-  ds = ds.batch(batch, drop_remainder=True, batch_fn=_stack)
+        f'the train split has {n} examples, fewer than one global batch of '
+        f'{global_batch_size}: use more data or a smaller global batch size')
+  ds = grain.MapDataset.range(n).shuffle(seed=_shuffle_seed(seed)).repeat(None)
+  ds = ds.batch(global_batch_size, drop_remainder=True)
+  ds = ds.map(_ReadRows(source, process_index * batch, batch))
   read_options = grain.ReadOptions(
       num_threads=num_threads if prefetch else 0,
       prefetch_buffer_size=prefetch if num_threads else 0)
   spec = {
+      'order': 'global',  # batches independent of the host count (since 2026-11)
       'seed': int(seed),
       'source_length': int(n),
       'per_host_batch_size': batch,
@@ -235,9 +242,9 @@ def eval_batches(source,
                 ) -> list[dict[str, np.ndarray]]:
   """Returns this host's evaluation batches: the same list on every call.
 
-  The host reads its strided part of `source` in order (no shuffle), cycling
-  through it when it holds fewer than `num_batches` batches; hosts' parts are
-  disjoint and every host returns `num_batches` batches.
+  Global batch `j` holds examples `j * B, ..., (j + 1) * B - 1` of `source` in
+  order (cycling when the source is shorter); host `i` returns its rows
+  `[i * b, (i + 1) * b)` of each, so the batches do not depend on the host count.
 
   Args:
     source: random-access examples, as for `train_iterator`.
@@ -256,13 +263,11 @@ def eval_batches(source,
     raise UserInputError(f'num_batches {num_batches} must be >= 0')
   if num_batches == 0:
     return []
-  ds, n = _host_part(source, process_index, process_count, 'eval')
-  if len(ds) == 0:  # pylint: disable=g-explicit-length-test
-    raise UserInputError(
-        f'the eval split has {n} examples, none for host {process_index} of '
-        f'{process_count}: build the dataset with a larger '
-        'validation_fraction')
-  ds = ds.repeat(None).batch(batch, drop_remainder=True, batch_fn=_stack)
-  ds = ds[:num_batches]
+  n = _length(source, 'eval')
+  if n == 0:
+    raise UserInputError('the eval split has no examples: build the dataset with a '
+                         'larger validation_fraction')
+  ds = grain.MapDataset.range(n).repeat(None).batch(global_batch_size, drop_remainder=True)
+  ds = ds[:num_batches].map(_ReadRows(source, process_index * batch, batch))
   return list(ds.to_iter_dataset(
       grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
