@@ -38,7 +38,9 @@ def pretrain_config(size: str = "small") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown model size {size!r}; choose one of {SIZES}")
   s = _SIZES[size]
   c = ml_collections.ConfigDict()
-  c.objective = "electra"  # pretraining objective (only 'electra' so far)
+  # 'electra'; paper ablations: 'electra_15' (disc loss on masked slots only), 'replace_mlm',
+  # 'all_tokens_mlm', 'mlm' (BERT, no generator); see electra_jax/objective.py
+  c.objective = "electra"
   c.seed = 0  # seed for parameter init, masking and sampling
 
   c.model = m = ml_collections.ConfigDict()
@@ -49,7 +51,7 @@ def pretrain_config(size: str = "small") -> ml_collections.ConfigDict:
   m.num_heads = s["num_heads"]  # discriminator attention heads
   m.intermediate_size = s["intermediate_size"]  # discriminator feed-forward width
   m.generator_size = s["generator_size"]  # generator width as a fraction of the discriminator's
-  m.embedding_sharing = "tied"  # 'tied' (paper) or 'untied' generator/discriminator embeddings
+  m.embedding_sharing = "tied"  # 'tied' (paper), 'untied', 'gdes' (disc: stop_grad(shared)+delta)
   m.max_position_embeddings = 512  # learned position table size
   m.type_vocab_size = 2  # segment (token type) table size
   m.dropout_rate = 0.1  # hidden dropout
@@ -68,6 +70,8 @@ def pretrain_config(size: str = "small") -> ml_collections.ConfigDict:
   p.disallow_correct = False  # forbid sampling the original token (paper ablation)
   p.gen_weight = 1.0  # weight of the generator's MLM loss
   p.disc_weight = 50.0  # weight of the discriminator's replaced-token loss
+  p.mlm_mask_token_prob = 0.8  # objective 'mlm' (BERT): share of masked slots shown as [MASK]
+  p.mlm_random_token_prob = 0.1  # objective 'mlm': share shown as a random non-special token
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = s["learning_rate"]  # peak learning rate

@@ -63,8 +63,8 @@ from electra_jax import task_metrics
 from electra_jax import tasks
 from electra_jax import train
 from electra_jax.errors import UserInputError
-from electra_jax.model import (SIZES, ElectraEncoder, EncoderConfig, abstract_params,
-                               encoder_config_from)
+from electra_jax.model import (SIZES, ElectraEncoder, EncoderConfig, encoder_config_from,
+                               encoder_params_from_pretraining, encoder_restore_target)
 from electra_jax.tokenization import Tokenizer, load_tokenizer
 from electra_jax.train import TrainState
 
@@ -177,7 +177,9 @@ def load_init(init_path: str) -> tuple[EncoderConfig, dict[str, Any], Tokenizer]
 def _load_pretraining_workdir(path: str):
   saved, tokenizer = train.read_workdir_config(path)
   cfg = encoder_config_from(saved["model"], tokenizer.vocab_size)
-  step, params = train.restore_params(path, abstract_params(ElectraEncoder(cfg)))
+  sharing = saved["model"].get("embedding_sharing", "tied")
+  step, params = train.restore_params(path, encoder_restore_target(cfg, sharing))
+  params = encoder_params_from_pretraining(params)  # folds a gdes embedding delta in
   print(f"init: {path} checkpoint {step} (discriminator {cfg.num_layers} layers, "
         f"hidden {cfg.hidden_size}, vocab {tokenizer.vocab_size})", flush=True)
   return cfg, params, tokenizer

@@ -7,8 +7,11 @@
 `export` writes DIR/discriminator (ElectraForPreTraining) and DIR/generator
 (ElectraForMaskedLM), each with config.json, model.safetensors and the tokenizer
 files, so `transformers` loads them offline with `from_pretrained`.  Shared ('tied')
-embeddings are written into both.  DIR is written to a temporary directory and
-renamed at the end, so a failure never leaves a complete-looking export.
+embeddings are written into both; with 'gdes' the discriminator gets shared + delta and
+the generator the shared block.  Only objectives with a replaced-token head (electra,
+electra_15) export; fine-tune other objectives' workdirs directly.  DIR is written to a
+temporary directory and renamed at the end, so a failure never leaves a complete-looking
+export.
 
 `import` turns an HF ELECTRA discriminator checkpoint (and optionally a generator)
 into a pretraining workdir: config.json, vocab/ and checkpoints/0/ holding
@@ -109,7 +112,8 @@ def _tower_entries(cfg, head: str, emb_key: str) -> list[Entry]:
 
 
 def _gen_emb_key(embedding_sharing: str) -> str:
-  return 'embeddings' if embedding_sharing == 'tied' else 'generator_embeddings'
+  # 'tied' and 'gdes' generators read the shared block; only 'untied' has its own.
+  return 'generator_embeddings' if embedding_sharing == 'untied' else 'embeddings'
 
 
 # ----------------------------------------------------------------------------- trees
@@ -441,28 +445,52 @@ class Workdir:
   params: dict
   tokenizer: Any
   step: int
+  objective: str = 'electra'
+
+
+_EXPORTABLE_OBJECTIVES = ('electra', 'electra_15')
 
 
 def read_workdir(path: str) -> Workdir:
-  """The latest checkpoint's params (numpy) and the model shape of a pretraining workdir."""
+  """The latest checkpoint's params (numpy) and the model shape of a pretraining workdir.
+
+  Only workdirs of an objective with a replaced-token head (electra, electra_15) can be
+  exported; any other is a UserInputError before the checkpoint is read.
+  """
   from electra_jax import train  # pylint: disable=g-import-not-at-top
   from electra_jax.model import (ElectraPretrainingModel, abstract_params,  # pylint: disable=g-import-not-at-top
                                  encoder_config_from, generator_config)
   path = os.path.abspath(os.path.expanduser(path))
   saved, tokenizer = train.read_workdir_config(path)
+  objective = saved.get('objective', 'electra')
+  if objective not in _EXPORTABLE_OBJECTIVES:
+    raise UserInputError(
+        f'hf export supports objectives {" and ".join(_EXPORTABLE_OBJECTIVES)}; {path} was '
+        f'pretrained with objective={objective} (fine-tune from the workdir directly)')
   model_cfg = saved['model']
   disc = encoder_config_from(model_cfg, tokenizer.vocab_size)
   gen = generator_config(disc, model_cfg.get('generator_size', 0.25))
   sharing = model_cfg.get('embedding_sharing', 'tied')
   step, params = train.restore_params(
-      path, abstract_params(ElectraPretrainingModel(disc, gen, sharing)))
-  return Workdir(disc, gen, sharing, params, tokenizer, step)
+      path, abstract_params(ElectraPretrainingModel(disc, gen, sharing, objective)))
+  return Workdir(disc, gen, sharing, params, tokenizer, step, objective)
 
 
 def hf_tensors(params, disc, gen, embedding_sharing: str) -> dict[str, dict[str, np.ndarray]]:
-  """{'discriminator': HF tensors, 'generator': HF tensors} of a pretraining params tree."""
+  """{'discriminator': HF tensors, 'generator': HF tensors} of a pretraining params tree.
+
+  With embedding_sharing='gdes' the discriminator's embedding tensors are the folded
+  block embeddings + embeddings_delta; the generator's are the shared block.
+  """
+  from electra_jax.model import fold_embeddings_delta  # pylint: disable=g-import-not-at-top
+  disc_emb_key = 'embeddings'
+  if embedding_sharing == 'gdes':
+    disc_emb_key = 'gdes_folded_embeddings'  # a key no model tree uses
+    params = dict(params)
+    params[disc_emb_key] = fold_embeddings_delta(params['embeddings'],
+                                                 params['embeddings_delta'])
   flat = flat_params(params)
-  return {'discriminator': _to_hf(flat, _tower_entries(disc, 'discriminator', 'embeddings')),
+  return {'discriminator': _to_hf(flat, _tower_entries(disc, 'discriminator', disc_emb_key)),
           'generator': _to_hf(flat, _tower_entries(gen, 'generator',
                                                    _gen_emb_key(embedding_sharing)))}
 

@@ -4,12 +4,14 @@ Layout of the parameter tree (names follow Hugging Face's ELECTRA so export is a
 Flax Dense kernels are [in, out], i.e. transposed relative to torch Linear weights):
 
   embeddings/                       shared block (the discriminator's; also the generator's
-    word_embeddings/embedding         when embedding_sharing='tied')
+    word_embeddings/embedding         when embedding_sharing is 'tied' or 'gdes')
     position_embeddings/embedding
     token_type_embeddings/embedding
     LayerNorm/{scale,bias}
   generator_embeddings/...          only with embedding_sharing='untied' (same structure)
-  generator/
+  embeddings_delta/...              only with embedding_sharing='gdes' (same structure,
+                                      zero-initialised; see below)
+  generator/                        absent for objective='mlm' (no generator)
     embeddings_project/{kernel,bias}  only when embedding_size != hidden_size
     encoder/layer/...                 scan_layers=True: one subtree, leading axis = layer
     encoder/layer_0 .. layer_{N-1}/   scan_layers=False: one subtree per layer
@@ -18,6 +20,20 @@ Flax Dense kernels are [in, out], i.e. transposed relative to torch Linear weigh
   discriminator/
     embeddings_project/..., encoder/...
     discriminator_predictions/{dense,dense_prediction}
+                                      the replaced-token head (objectives electra,
+                                      electra_15) or All-Tokens MLM's copy head
+    mlm_predictions/{dense,LayerNorm} the main model's MLM head (objectives replace_mlm,
+    mlm_output_bias                   all_tokens_mlm, mlm); same shapes as the generator's
+
+Which heads exist follows the pretraining objective (`objective_heads`); the electra
+layout is unchanged by the others.
+
+Embedding sharing: 'tied' (the paper) -- one block for both towers; 'untied' -- the
+generator has its own block; 'gdes' (DeBERTa-v3's gradient-disentangled embedding
+sharing) -- the generator uses `embeddings`, the discriminator uses
+stop_gradient(embeddings) + embeddings_delta for every parameter of the block, so the
+discriminator's loss never moves the shared block.  Code that takes the discriminator out
+of a pretraining tree folds the delta in (`encoder_params_from_pretraining`).
 
 One encoder layer (post-LN BERT) holds
   attention/self/{query,key,value}, attention/output/{dense,LayerNorm},
@@ -28,8 +44,8 @@ Numerics: parameters are float32; matmuls run in `EncoderConfig.dtype`; LayerNor
 softmax, and returned logits are float32.
 
 For fine-tuning, `ElectraEncoder` is a discriminator-only module whose tree is exactly
-`{'embeddings', 'discriminator'}` of the pretraining tree minus
-`discriminator/discriminator_predictions`, so pretrained weights load by dropping keys.
+`{'embeddings', 'discriminator'}` of the pretraining tree minus the discriminator's heads
+(and with a gdes delta folded in), see `encoder_params_from_pretraining`.
 """
 
 from __future__ import annotations
@@ -46,7 +62,7 @@ from electra_jax.errors import UserInputError
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 _REMAT_POLICIES = ('none', 'full', 'dots')
-_EMBEDDING_SHARING = ('tied', 'untied')
+EMBEDDING_SHARING = ('tied', 'untied', 'gdes')
 # Same "minus infinity" as jax.nn.dot_product_attention uses, so both paths agree.
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
@@ -156,6 +172,40 @@ def encoder_config_from(model_cfg: Any, vocab_size: int) -> EncoderConfig:
   return EncoderConfig(vocab_size=int(vocab_size), **kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class Heads:
+  """What a pretraining objective needs from the model.
+
+  generator: a generator tower exists (its MLM head samples the replacements).
+  discriminator: the discriminator tower's `Tower.head`: 'discriminator' (replaced-token
+    head), 'mlm' (an MLM head) or 'copy_mlm' (both; the sigmoid head is All-Tokens
+    MLM's copy probability).
+  replaced_token_detection: `discriminator_predictions` is an RTD head, i.e. the tower
+    is an HF ElectraForPreTraining.
+  """
+  generator: bool
+  discriminator: str
+  replaced_token_detection: bool
+
+
+_OBJECTIVE_HEADS = {
+    'electra': Heads(True, 'discriminator', True),
+    'electra_15': Heads(True, 'discriminator', True),
+    'replace_mlm': Heads(True, 'mlm', False),
+    'all_tokens_mlm': Heads(True, 'copy_mlm', False),
+    'mlm': Heads(False, 'mlm', False),
+}
+OBJECTIVES = tuple(_OBJECTIVE_HEADS)
+
+
+def objective_heads(objective: str) -> Heads:
+  """The heads of pretraining `objective`; a UserInputError for an unknown name."""
+  if objective not in _OBJECTIVE_HEADS:
+    raise UserInputError(
+        f'objective must be one of {", ".join(OBJECTIVES)}, got {objective!r}')
+  return _OBJECTIVE_HEADS[objective]
+
+
 # ----------------------------------------------------------------------------- layers
 
 
@@ -195,20 +245,29 @@ class Embeddings(nn.Module):
   """word + position + token-type embeddings, then LayerNorm (float32 output).
 
   Dropout is applied by the tower that consumes the output, so the block can be shared
-  by a generator and a discriminator with different settings.
+  by a generator and a discriminator with different settings.  `zero_init` makes every
+  parameter (LayerNorm scale included) start at zero: the GDES delta block.
   """
   cfg: EncoderConfig
+  zero_init: bool = False
 
   def setup(self):
     cfg = self.cfg
-    init = nn.initializers.truncated_normal(stddev=cfg.initializer_range)
+    zeros = nn.initializers.zeros
+    init = zeros if self.zero_init else nn.initializers.truncated_normal(
+        stddev=cfg.initializer_range)
     embed = lambda n, name: nn.Embed(n, cfg.embedding_size, dtype=jnp.float32,
                                      param_dtype=jnp.float32, embedding_init=init,
                                      name=name)
     self.word_embeddings = embed(cfg.vocab_size, 'word_embeddings')
     self.position_embeddings = embed(cfg.max_position_embeddings, 'position_embeddings')
     self.token_type_embeddings = embed(cfg.type_vocab_size, 'token_type_embeddings')
-    self.LayerNorm = _layer_norm(cfg, 'LayerNorm')  # pylint: disable=invalid-name
+    if self.zero_init:
+      self.LayerNorm = nn.LayerNorm(  # pylint: disable=invalid-name
+          epsilon=cfg.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.float32,
+          scale_init=zeros, name='LayerNorm')
+    else:
+      self.LayerNorm = _layer_norm(cfg, 'LayerNorm')  # pylint: disable=invalid-name
 
   def __call__(self, input_ids: jnp.ndarray, segment_ids: jnp.ndarray) -> jnp.ndarray:
     seq_len = input_ids.shape[-1]
@@ -364,27 +423,37 @@ class GeneratorPredictions(nn.Module):
     return _layer_norm(self.cfg, 'LayerNorm')(h)
 
 
-class Tower(nn.Module):
-  """embeddings_project (if sizes differ) + encoder, plus an optional head.
+_TOWER_HEADS = ('none', 'discriminator', 'generator', 'mlm', 'copy_mlm')
 
-  head: 'none' (hidden states only), 'discriminator' or 'generator'.
+
+class Tower(nn.Module):
+  """embeddings_project (if sizes differ) + encoder, plus optional heads.
+
+  head: 'none' (hidden states only); 'discriminator' (`discriminator_predictions`, the
+  replaced-token head); 'generator' (`generator_predictions` + `output_bias`); 'mlm'
+  (the main model's MLM head `mlm_predictions` + `mlm_output_bias`, shaped like the
+  generator's); 'copy_mlm' (both `discriminator_predictions` and the MLM head).
   """
   cfg: EncoderConfig
   head: str = 'none'
 
   def setup(self):
     cfg = self.cfg
+    if self.head not in _TOWER_HEADS:
+      raise ValueError(f'unknown head {self.head!r}')
     if cfg.embedding_size != cfg.hidden_size:
       self.embeddings_project = _dense(cfg, cfg.hidden_size, 'embeddings_project')
     self.encoder = Encoder(cfg)
-    if self.head == 'discriminator':
+    vocab_bias = lambda name: self.param(name, nn.initializers.zeros, (cfg.vocab_size,),
+                                         jnp.float32)
+    if self.head in ('discriminator', 'copy_mlm'):
       self.discriminator_predictions = DiscriminatorPredictions(cfg)
-    elif self.head == 'generator':
+    if self.head == 'generator':
       self.generator_predictions = GeneratorPredictions(cfg)
-      self.output_bias = self.param('output_bias', nn.initializers.zeros,
-                                    (cfg.vocab_size,), jnp.float32)
-    elif self.head != 'none':
-      raise ValueError(f'unknown head {self.head!r}')
+      self.output_bias = vocab_bias('output_bias')
+    if self.head in ('mlm', 'copy_mlm'):
+      self.mlm_predictions = GeneratorPredictions(cfg)
+      self.mlm_output_bias = vocab_bias('mlm_output_bias')
 
   def hidden(self, embedded: jnp.ndarray, input_mask: jnp.ndarray, *,
              deterministic: bool) -> jnp.ndarray:
@@ -396,6 +465,13 @@ class Tower(nn.Module):
     mask = (input_mask > 0)[:, None, None, :]
     return self.encoder(x, mask, deterministic=deterministic)
 
+  def _vocab_logits(self, h, predictions, bias, word_table):
+    """h [B, N, H] -> predictions head -> tied output table + bias: [B, N, V] float32."""
+    h = predictions(h).astype(self.cfg.compute_dtype)
+    logits = jnp.einsum('bne,ve->bnv', h, word_table.astype(self.cfg.compute_dtype),
+                        preferred_element_type=jnp.float32)
+    return logits.astype(jnp.float32) + bias
+
   def discriminator_logits(self, embedded, input_mask, *, deterministic):
     h = self.hidden(embedded, input_mask, deterministic=deterministic)
     return self.discriminator_predictions(h)
@@ -403,44 +479,107 @@ class Tower(nn.Module):
   def generator_logits(self, embedded, input_mask, masked_positions, word_table, *,
                        deterministic):
     h = self.hidden(embedded, input_mask, deterministic=deterministic)
-    h = jnp.take_along_axis(h, masked_positions[..., None].astype(jnp.int32), axis=1)
-    h = self.generator_predictions(h).astype(self.cfg.compute_dtype)
-    logits = jnp.einsum('bne,ve->bnv', h, word_table.astype(self.cfg.compute_dtype),
-                        preferred_element_type=jnp.float32)
-    return logits.astype(jnp.float32) + self.output_bias
+    h = _gather_positions(h, masked_positions)
+    return self._vocab_logits(h, self.generator_predictions, self.output_bias, word_table)
+
+  def mlm_logits(self, embedded, input_mask, masked_positions, word_table, *,
+                 deterministic):
+    """The main model's MLM logits [B, N, V] at `masked_positions` [B, N]."""
+    h = self.hidden(embedded, input_mask, deterministic=deterministic)
+    h = _gather_positions(h, masked_positions)
+    return self._vocab_logits(h, self.mlm_predictions, self.mlm_output_bias, word_table)
+
+  def copy_mlm_logits(self, embedded, input_mask, word_table, *, deterministic):
+    """(MLM logits [B, L, V] at every position, copy logits [B, L]) from one pass."""
+    h = self.hidden(embedded, input_mask, deterministic=deterministic)
+    return (self._vocab_logits(h, self.mlm_predictions, self.mlm_output_bias, word_table),
+            self.discriminator_predictions(h))
 
 
-def _check_sharing(disc: EncoderConfig, gen: EncoderConfig, embedding_sharing: str):
-  if embedding_sharing not in _EMBEDDING_SHARING:
+def _gather_positions(h: jnp.ndarray, positions: jnp.ndarray) -> jnp.ndarray:
+  """h [B, L, H] at positions [B, N] -> [B, N, H]."""
+  return jnp.take_along_axis(h, positions[..., None].astype(jnp.int32), axis=1)
+
+
+def fold_embeddings_delta(shared: Mapping[str, Any], delta: Mapping[str, Any]) -> Any:
+  """The discriminator's GDES embedding block: shared + delta, leaf by leaf.
+
+  Works on jax or numpy trees; in the model the shared leaves are stop_gradient'ed first.
+  """
+  return jax.tree_util.tree_map(lambda s, d: s + d, shared, delta)
+
+
+def _check_sharing(disc: EncoderConfig, gen: EncoderConfig | None, embedding_sharing: str,
+                   objective: str):
+  if embedding_sharing not in EMBEDDING_SHARING:
     raise UserInputError(
-        f'embedding_sharing must be one of {list(_EMBEDDING_SHARING)}, got '
+        f'embedding_sharing must be one of {list(EMBEDDING_SHARING)}, got '
         f'{embedding_sharing!r}')
-  if embedding_sharing == 'tied':
+  if not objective_heads(objective).generator:
+    if embedding_sharing != 'tied':
+      raise UserInputError(
+          f"objective {objective!r} has no generator, so embedding_sharing must be 'tied' "
+          f'(got {embedding_sharing!r})')
+    return
+  if gen is None:
+    raise ValueError(f'objective {objective!r} needs a generator config')
+  if embedding_sharing in ('tied', 'gdes'):
     for name in ('vocab_size', 'embedding_size', 'max_position_embeddings',
                  'type_vocab_size', 'layer_norm_eps', 'initializer_range'):
       if getattr(disc, name) != getattr(gen, name):
         raise UserInputError(
-            f'tied embeddings need the same {name} in generator and discriminator '
-            f'({getattr(gen, name)} vs {getattr(disc, name)}); make them equal or use '
-            "embedding_sharing='untied'")
+            f'{embedding_sharing} embeddings need the same {name} in generator and '
+            f'discriminator ({getattr(gen, name)} vs {getattr(disc, name)}); make them '
+            "equal or use embedding_sharing='untied'")
 
 
 class ElectraPretrainingModel(nn.Module):
-  """Generator + discriminator with a shared ('tied') or separate embedding block."""
+  """Generator + discriminator ('main model') for one pretraining objective.
+
+  disc: the discriminator (main model) tower; gen: the generator tower (ignored, and may
+  be None, for objective='mlm', which has no generator).  embedding_sharing: 'tied',
+  'untied' or 'gdes' (see the module docstring).  objective: one of `OBJECTIVES`; it
+  picks the heads (`objective_heads`).
+  """
   disc: EncoderConfig
-  gen: EncoderConfig
+  gen: EncoderConfig | None
   embedding_sharing: str = 'tied'
+  objective: str = 'electra'
 
   def setup(self):
-    _check_sharing(self.disc, self.gen, self.embedding_sharing)
+    heads = objective_heads(self.objective)
+    _check_sharing(self.disc, self.gen, self.embedding_sharing, self.objective)
     self.embeddings = Embeddings(self.disc)
     if self.embedding_sharing == 'untied':
       self.generator_embeddings = Embeddings(self.gen)
-    self.generator = Tower(self.gen, head='generator')
-    self.discriminator = Tower(self.disc, head='discriminator')
+    if self.embedding_sharing == 'gdes':
+      self.embeddings_delta = Embeddings(self.disc, zero_init=True)
+    if heads.generator:
+      self.generator = Tower(self.gen, head='generator')
+    self.discriminator = Tower(self.disc, head=heads.discriminator)
+
+  @property
+  def heads(self) -> Heads:
+    return objective_heads(self.objective)
 
   def _gen_embeddings(self) -> Embeddings:
-    return self.embeddings if self.embedding_sharing == 'tied' else self.generator_embeddings
+    if self.embedding_sharing == 'untied':
+      return self.generator_embeddings
+    return self.embeddings
+
+  def _disc_embed(self, input_ids, segment_ids) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(embedded [B, L, E], word table [V, E]) of the discriminator's embedding block."""
+    if self.embedding_sharing != 'gdes':
+      return self.embeddings(input_ids, segment_ids), self.embeddings.word_table()
+    if self.is_initializing():  # create both blocks' params before reading them
+      self.embeddings(input_ids, segment_ids)
+      self.embeddings_delta(input_ids, segment_ids)
+    folded = fold_embeddings_delta(
+        jax.lax.stop_gradient(self.embeddings.variables['params']),
+        self.embeddings_delta.variables['params'])
+    embedded = Embeddings(self.disc, parent=None).apply({'params': folded}, input_ids,
+                                                         segment_ids)
+    return embedded, folded['word_embeddings']['embedding']
 
   def generator_logits(self, input_ids, segment_ids, input_mask, masked_positions, *,
                        deterministic: bool) -> jnp.ndarray:
@@ -452,31 +591,62 @@ class ElectraPretrainingModel(nn.Module):
 
   def discriminator_logits(self, input_ids, segment_ids, input_mask, *,
                            deterministic: bool) -> jnp.ndarray:
-    """Replaced-token logits [B, L] float32 (sigmoid > 0.5 means 'replaced')."""
-    return self.discriminator.discriminator_logits(
-        self.embeddings(input_ids, segment_ids), input_mask, deterministic=deterministic)
+    """Replaced-token logits [B, L] float32 (sigmoid > 0.5 means 'replaced').
+
+    For all_tokens_mlm these are the copy logits (sigmoid = copy probability).
+    """
+    embedded, _ = self._disc_embed(input_ids, segment_ids)
+    return self.discriminator.discriminator_logits(embedded, input_mask,
+                                                   deterministic=deterministic)
+
+  def model_mlm_logits(self, input_ids, segment_ids, input_mask, masked_positions, *,
+                       deterministic: bool) -> jnp.ndarray:
+    """The main model's MLM logits [B, N, V] float32 at `masked_positions` [B, N]."""
+    embedded, table = self._disc_embed(input_ids, segment_ids)
+    return self.discriminator.mlm_logits(embedded, input_mask, masked_positions, table,
+                                         deterministic=deterministic)
+
+  def all_tokens_logits(self, input_ids, segment_ids, input_mask, *,
+                        deterministic: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """All-Tokens MLM: (MLM logits [B, L, V], copy logits [B, L]), both float32."""
+    embedded, table = self._disc_embed(input_ids, segment_ids)
+    return self.discriminator.copy_mlm_logits(embedded, input_mask, table,
+                                              deterministic=deterministic)
 
   def discriminator_hidden(self, input_ids, segment_ids, input_mask, *,
                            deterministic: bool) -> jnp.ndarray:
     """Final discriminator hidden states [B, L, H] in the compute dtype."""
-    return self.discriminator.hidden(self.embeddings(input_ids, segment_ids), input_mask,
-                                     deterministic=deterministic)
+    embedded, _ = self._disc_embed(input_ids, segment_ids)
+    return self.discriminator.hidden(embedded, input_mask, deterministic=deterministic)
 
   def __call__(self, input_ids, segment_ids, input_mask, masked_positions, *,
-               deterministic: bool = True):
-    """(generator_logits [B, N, V], discriminator_logits [B, L]); used for init."""
-    return (self.generator_logits(input_ids, segment_ids, input_mask, masked_positions,
-                                  deterministic=deterministic),
-            self.discriminator_logits(input_ids, segment_ids, input_mask,
-                                      deterministic=deterministic))
+               deterministic: bool = True) -> tuple[jnp.ndarray, ...]:
+    """Every head's output; used for init.
+
+    In order, those that exist: generator logits [B, N, V], discriminator (RTD or copy)
+    logits [B, L], main-model MLM logits [B, N, V].  For 'electra' and 'electra_15' this
+    is (generator_logits, discriminator_logits).
+    """
+    heads = self.heads
+    outputs = []
+    if heads.generator:
+      outputs.append(self.generator_logits(input_ids, segment_ids, input_mask,
+                                           masked_positions, deterministic=deterministic))
+    if heads.discriminator in ('discriminator', 'copy_mlm'):
+      outputs.append(self.discriminator_logits(input_ids, segment_ids, input_mask,
+                                               deterministic=deterministic))
+    if heads.discriminator in ('mlm', 'copy_mlm'):
+      outputs.append(self.model_mlm_logits(input_ids, segment_ids, input_mask,
+                                           masked_positions, deterministic=deterministic))
+    return tuple(outputs)
 
 
 class ElectraEncoder(nn.Module):
   """The discriminator without its head, for fine-tuning.
 
   Its param tree is {'embeddings', 'discriminator': {embeddings_project?, encoder}}: the
-  pretraining tree minus 'generator', 'generator_embeddings' and
-  'discriminator/discriminator_predictions' (see `encoder_params_from_pretraining`).
+  pretraining tree minus 'generator', 'generator_embeddings' and the discriminator's
+  heads, with a gdes delta folded in (see `encoder_params_from_pretraining`).
   """
   cfg: EncoderConfig
 
@@ -507,17 +677,51 @@ def count_params(tree: Any) -> int:
 
 
 def discriminator_param_count(params: Mapping[str, Any]) -> int:
-  """Parameters of the discriminator: the 'embeddings' + 'discriminator' subtrees."""
+  """Parameters of the discriminator (main model): 'embeddings' + 'discriminator'.
+
+  Its heads are included (RTD, copy or MLM head, whichever the objective has).  With
+  embedding_sharing='gdes' the discriminator's block is embeddings + embeddings_delta
+  folded into one block of the same size, so the delta is not counted twice.
+  """
   params = _unwrap(params)
   return count_params(params['embeddings']) + count_params(params['discriminator'])
 
 
+# The discriminator's heads: pretraining-only, dropped for fine-tuning.
+_DISCRIMINATOR_HEADS = ('discriminator_predictions', 'mlm_predictions', 'mlm_output_bias')
+
+
 def encoder_params_from_pretraining(params: Mapping[str, Any]) -> dict[str, Any]:
-  """The ElectraEncoder params inside a pretraining params tree (no copy of arrays)."""
+  """The ElectraEncoder params inside a pretraining params tree.
+
+  Drops every head of the discriminator and folds a gdes 'embeddings_delta' into
+  'embeddings' (shared + delta, a new array); otherwise no array is copied.  `params`
+  may be a full pretraining tree or the part `encoder_restore_target` describes.
+  """
   params = _unwrap(params)
   disc = {k: v for k, v in params['discriminator'].items()
-          if k != 'discriminator_predictions'}
-  return {'embeddings': params['embeddings'], 'discriminator': disc}
+          if k not in _DISCRIMINATOR_HEADS}
+  embeddings = params['embeddings']
+  if 'embeddings_delta' in params:
+    embeddings = fold_embeddings_delta(embeddings, params['embeddings_delta'])
+  return {'embeddings': embeddings, 'discriminator': disc}
+
+
+def encoder_restore_target(cfg: EncoderConfig, embedding_sharing: str = 'tied') -> dict:
+  """The abstract part of a pretraining params tree that a fine-tuning init reads.
+
+  ElectraEncoder's tree, plus 'embeddings_delta' for embedding_sharing='gdes'.  Restore
+  it from a checkpoint (partial restore), then `encoder_params_from_pretraining` gives
+  the ElectraEncoder params.
+  """
+  if embedding_sharing not in EMBEDDING_SHARING:
+    raise UserInputError(
+        f'embedding_sharing must be one of {list(EMBEDDING_SHARING)}, got '
+        f'{embedding_sharing!r}')
+  target = dict(abstract_params(ElectraEncoder(cfg)))
+  if embedding_sharing == 'gdes':
+    target['embeddings_delta'] = target['embeddings']
+  return target
 
 
 def abstract_params(model: nn.Module, batch_size: int = 1, seq_len: int = 8):

@@ -1,4 +1,4 @@
-"""ELECTRA's replaced-token-detection objective as pure functions over arrays.
+"""ELECTRA's replaced-token detection and the paper's ablation objectives, as pure functions.
 
 One call of `electra_loss` does, inside the jitted step:
   1. dynamic masking (`mask_tokens`): per sequence k = max(1, min(N, round(p * n)))
@@ -13,14 +13,32 @@ One call of `electra_loss` does, inside the jitted step:
   5. loss = gen_weight * MLM loss (mean over masked slots)
           + disc_weight * sigmoid cross-entropy (mean over non-pad tokens).
 
+The other objectives (`config.objective`, paper Table 5; `pretraining_loss` dispatches):
+  electra_15      as electra, but the discriminator loss and its disc_* metrics only
+                  over the real masked slots (mean over those slots).
+  replace_mlm     steps 1-3 as electra; the main model sees the corrupted sequence
+                  (samples in every masked slot, no [MASK]) and predicts the originals
+                  at the masked slots with an MLM head.
+  all_tokens_mlm  as replace_mlm, but the main model predicts every non-pad token with a
+                  copy mechanism: p = D * onehot(input) + (1 - D) * softmax(logits),
+                  D = sigmoid(copy logit); loss = mean over non-pad tokens of
+                  -log p(original), computed in log space (`copy_mixture_log_prob`).
+  mlm             BERT: no generator; of the chosen positions (same selection as
+                  electra) 80% show [MASK], 10% a uniformly random ordinary token (any
+                  id but [PAD], [CLS], [SEP], [MASK]) and 10% the original; the model
+                  predicts the originals at the masked slots.
+The main model's MLM loss has weight `MODEL_MLM_WEIGHT` = 1.0; the generator's keeps
+gen_weight; disc_weight applies only to the replaced-token loss.
+
 Metrics are returned as additive sums (`Sums`) so that they can be added over
 steps, batches and devices exactly, then turned into numbers by
-`finalize_metrics`.  AUC comes from per-class histograms of the discriminator's
+`finalize_metrics`, which reports only the metrics whose sums the objective produced.
+AUC comes from per-class histograms of the discriminator's
 probabilities (`AUC_BINS` bins), which is exact up to ties within a bin.
 """
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
@@ -29,6 +47,8 @@ import numpy as np
 import optax
 
 AUC_BINS = 1000
+# Weight of the main model's MLM loss (replace_mlm, all_tokens_mlm, mlm).
+MODEL_MLM_WEIGHT = 1.0
 
 
 def max_predictions_per_seq(mask_prob: float, max_seq_length: int) -> int:
@@ -51,6 +71,10 @@ class ObjectiveSettings:
   disallow_correct: bool = False
   gen_weight: float = 1.0
   disc_weight: float = 50.0
+  # objective 'mlm' (BERT 80/10/10): shares of the masked slots shown as [MASK] and as
+  # a random ordinary token; the rest keep the original.
+  mlm_mask_token_prob: float = 0.8
+  mlm_random_token_prob: float = 0.1
 
   @classmethod
   def from_config(cls, pretrain_cfg, tokenizer, max_seq_length: int) -> "ObjectiveSettings":
@@ -62,12 +86,19 @@ class ObjectiveSettings:
                mask_token_prob=pretrain_cfg.mask_token_prob,
                temperature=pretrain_cfg.temperature,
                disallow_correct=pretrain_cfg.disallow_correct,
-               gen_weight=pretrain_cfg.gen_weight, disc_weight=pretrain_cfg.disc_weight)
+               gen_weight=pretrain_cfg.gen_weight, disc_weight=pretrain_cfg.disc_weight,
+               mlm_mask_token_prob=pretrain_cfg.get("mlm_mask_token_prob", 0.8),
+               mlm_random_token_prob=pretrain_cfg.get("mlm_random_token_prob", 0.1))
+
+  @property
+  def special_ids(self) -> tuple[int, ...]:
+    """The ids never drawn as random tokens: [PAD], [CLS], [SEP], [MASK] (sorted, unique)."""
+    return tuple(sorted({self.pad_id, self.cls_id, self.sep_id, self.mask_id}))
 
 
 @flax.struct.dataclass
 class MaskedBatch:
-  input_ids: jax.Array  # [B, L] the sequence shown to the generator
+  input_ids: jax.Array  # [B, L] the masked sequence (generator's input; the model's for mlm)
   masked_positions: jax.Array  # [B, N] int32 positions of the masked slots
   masked_ids: jax.Array  # [B, N] original tokens at those positions
   masked_weights: jax.Array  # [B, N] float32, 1 for a real slot, 0 for padding slots
@@ -80,8 +111,15 @@ def candidate_mask(input_ids, input_mask, s: ObjectiveSettings):
   return (input_mask > 0) & ~special
 
 
-def mask_tokens(rng, input_ids, input_mask, s: ObjectiveSettings) -> MaskedBatch:
-  """Chooses and masks positions (see module docstring)."""
+def mask_tokens(rng, input_ids, input_mask, s: ObjectiveSettings, *,
+                bert_style: bool = False) -> MaskedBatch:
+  """Chooses and masks positions (see module docstring).
+
+  ELECTRA (default): s.mask_token_prob of the chosen slots show [MASK], the rest keep
+  the original.  bert_style: s.mlm_mask_token_prob show [MASK], s.mlm_random_token_prob
+  a uniformly random ordinary token (`random_ordinary_tokens`), the rest the original.
+  Both draw the same positions from the same `rng`.
+  """
   b, length = input_ids.shape
   n = min(s.max_predictions, length)
   pos_rng, keep_rng = jax.random.split(rng)
@@ -95,11 +133,32 @@ def mask_tokens(rng, input_ids, input_mask, s: ObjectiveSettings) -> MaskedBatch
   weights = (jnp.arange(n)[None, :] < k[:, None])
   positions = jnp.where(weights, positions, 0).astype(jnp.int32)
   masked_ids = jnp.take_along_axis(input_ids, positions, axis=1)
-  show_mask = jax.random.uniform(keep_rng, (b, n)) < s.mask_token_prob
-  new_tokens = jnp.where(show_mask, s.mask_id, masked_ids)
+  if not bert_style:
+    show_mask = jax.random.uniform(keep_rng, (b, n)) < s.mask_token_prob
+    new_tokens = jnp.where(show_mask, s.mask_id, masked_ids)
+  else:
+    u = jax.random.uniform(keep_rng, (b, n))
+    random_ids = random_ordinary_tokens(jax.random.fold_in(keep_rng, 1), (b, n), s)
+    new_tokens = jnp.where(
+        u < s.mlm_mask_token_prob, s.mask_id,
+        jnp.where(u < s.mlm_mask_token_prob + s.mlm_random_token_prob, random_ids,
+                  masked_ids))
   corrupted = scatter_slots(input_ids, positions, new_tokens, weights)
   return MaskedBatch(input_ids=corrupted, masked_positions=positions, masked_ids=masked_ids,
                      masked_weights=weights.astype(jnp.float32))
+
+
+def random_ordinary_tokens(rng, shape, s: ObjectiveSettings) -> jax.Array:
+  """int32 ids drawn uniformly from the vocab minus `s.special_ids`.
+
+  BERT draws from the whole vocab; here [PAD], [CLS], [SEP] and [MASK] are excluded so a
+  random replacement never looks like structure or like a mask ([UNK] may be drawn).
+  """
+  specials = s.special_ids
+  r = jax.random.randint(rng, shape, 0, s.vocab_size - len(specials), dtype=jnp.int32)
+  for special in specials:  # ascending: shift past each special id in turn
+    r = r + (r >= special).astype(jnp.int32)
+  return r
 
 
 def scatter_slots(input_ids, positions, values, weights):
@@ -125,10 +184,78 @@ def sample_tokens(rng, logits, s: ObjectiveSettings, original_ids=None):
 Sums = dict[str, jax.Array]
 
 
+class Corruption(NamedTuple):
+  """Steps 1-3 of the module docstring: masking, generator MLM and sampling."""
+  masked: MaskedBatch
+  gen_logits: jax.Array  # [B, N, V] float32 generator logits at the masked slots
+  mlm_per_slot: jax.Array  # [B, N] generator cross-entropy per slot
+  mlm_loss: jax.Array  # mean of mlm_per_slot over the real slots
+  sampled: jax.Array  # [B, N] sampled tokens (no gradient)
+  fake_ids: jax.Array  # [B, L] the input with the samples in every masked slot
+
+
+def corrupt(params, batch, mask_rng, sample_rng, gen_drop, *, apply_fn,
+            generator_logits_method, s: ObjectiveSettings, deterministic: bool) -> Corruption:
+  """Masks the batch, runs the generator on the masked slots and samples replacements."""
+  ids, input_mask, segment_ids = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
+  masked = mask_tokens(mask_rng, ids, input_mask, s)
+  gen_logits = apply_fn({"params": params}, masked.input_ids, segment_ids, input_mask,
+                        masked.masked_positions, deterministic=deterministic,
+                        method=generator_logits_method, rngs={"dropout": gen_drop})
+  gen_logits = gen_logits.astype(jnp.float32)  # [B, N, V]
+  w = masked.masked_weights
+  num_slots = jnp.sum(w)
+  mlm_per_slot = optax.softmax_cross_entropy_with_integer_labels(gen_logits, masked.masked_ids)
+  mlm_loss = jnp.sum(mlm_per_slot * w) / jnp.maximum(num_slots, 1.0)
+
+  sampled = sample_tokens(sample_rng, gen_logits, s, masked.masked_ids)
+  fake_ids = scatter_slots(ids, masked.masked_positions, sampled, w > 0)
+  fake_ids = jax.lax.stop_gradient(fake_ids)
+  return Corruption(masked=masked, gen_logits=gen_logits, mlm_per_slot=mlm_per_slot,
+                    mlm_loss=mlm_loss, sampled=sampled, fake_ids=fake_ids)
+
+
+def masked_slot_indicator(masked: MaskedBatch, length: int) -> jax.Array:
+  """[B, L] float32: 1 at the real masked slots, 0 elsewhere."""
+  b = masked.masked_positions.shape[0]
+  zeros = jnp.zeros((b, length), jnp.int32)
+  ones = jnp.ones_like(masked.masked_positions)
+  return scatter_slots(zeros, masked.masked_positions, ones,
+                       masked.masked_weights > 0).astype(jnp.float32)
+
+
+def _replaced_token_loss(params, batch, rng, *, apply_fn, generator_logits_method,
+                         discriminator_logits_method, s: ObjectiveSettings,
+                         deterministic: bool, masked_only: bool):
+  """electra (masked_only=False) and electra_15 (discriminator on masked slots only)."""
+  mask_rng, sample_rng, gen_drop, disc_drop = jax.random.split(rng, 4)
+  ids, input_mask, segment_ids = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
+  c = corrupt(params, batch, mask_rng, sample_rng, gen_drop, apply_fn=apply_fn,
+              generator_logits_method=generator_logits_method, s=s,
+              deterministic=deterministic)
+  labels = (c.fake_ids != ids) & (input_mask > 0)
+  disc_logits = apply_fn({"params": params}, c.fake_ids, segment_ids, input_mask,
+                         deterministic=deterministic, method=discriminator_logits_method,
+                         rngs={"dropout": disc_drop}).astype(jnp.float32)  # [B, L]
+  if masked_only:
+    tok_w = masked_slot_indicator(c.masked, ids.shape[1])
+  else:
+    tok_w = (input_mask > 0).astype(jnp.float32)
+  num_tokens = jnp.sum(tok_w)
+  disc_per_tok = optax.sigmoid_binary_cross_entropy(disc_logits, labels.astype(jnp.float32))
+  disc_loss = jnp.sum(disc_per_tok * tok_w) / jnp.maximum(num_tokens, 1.0)
+  loss = s.gen_weight * c.mlm_loss + s.disc_weight * disc_loss
+
+  sums = metric_sums(gen_logits=c.gen_logits, masked=c.masked, sampled=c.sampled,
+                     mlm_per_slot=c.mlm_per_slot, disc_logits=disc_logits,
+                     disc_per_tok=disc_per_tok, labels=labels, tok_w=tok_w)
+  return loss, _with_loss(sums, loss)
+
+
 def electra_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
                  generator_logits_method, discriminator_logits_method,
                  s: ObjectiveSettings, deterministic: bool):
-  """Total loss and metric sums for one batch.
+  """Total loss and metric sums for one batch (objective 'electra').
 
   Args:
     params: the model's parameter tree.
@@ -141,45 +268,197 @@ def electra_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
   Returns:
     (loss, sums): scalar loss and a dict of metric sums.
   """
-  mask_rng, sample_rng, gen_drop, disc_drop = jax.random.split(rng, 4)
+  return _replaced_token_loss(
+      params, batch, rng, apply_fn=apply_fn, generator_logits_method=generator_logits_method,
+      discriminator_logits_method=discriminator_logits_method, s=s,
+      deterministic=deterministic, masked_only=False)
+
+
+def electra_15_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
+                    generator_logits_method, discriminator_logits_method,
+                    s: ObjectiveSettings, deterministic: bool):
+  """As `electra_loss`, with the discriminator loss and disc_* metrics only over the
+  real masked slots (mean over those slots): the paper's 'ELECTRA 15%'."""
+  return _replaced_token_loss(
+      params, batch, rng, apply_fn=apply_fn, generator_logits_method=generator_logits_method,
+      discriminator_logits_method=discriminator_logits_method, s=s,
+      deterministic=deterministic, masked_only=True)
+
+
+def replace_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
+                     generator_logits_method, model_mlm_logits_method,
+                     s: ObjectiveSettings, deterministic: bool):
+  """Replace MLM: the main model reads electra's corrupted sequence (generator samples
+  in every masked slot) and predicts the originals at the masked slots.
+
+  loss = gen_weight * generator MLM loss + MODEL_MLM_WEIGHT * main-model MLM loss (both
+  means over the real masked slots).  Same rng use as `electra_loss`, so the main
+  model's input equals electra's discriminator input for the same key.
+  """
+  mask_rng, sample_rng, gen_drop, model_drop = jax.random.split(rng, 4)
+  input_mask, segment_ids = batch["input_mask"], batch["segment_ids"]
+  c = corrupt(params, batch, mask_rng, sample_rng, gen_drop, apply_fn=apply_fn,
+              generator_logits_method=generator_logits_method, s=s,
+              deterministic=deterministic)
+  logits = apply_fn({"params": params}, c.fake_ids, segment_ids, input_mask,
+                    c.masked.masked_positions, deterministic=deterministic,
+                    method=model_mlm_logits_method,
+                    rngs={"dropout": model_drop}).astype(jnp.float32)  # [B, N, V]
+  per_slot = optax.softmax_cross_entropy_with_integer_labels(logits, c.masked.masked_ids)
+  w = c.masked.masked_weights
+  model_loss = jnp.sum(per_slot * w) / jnp.maximum(jnp.sum(w), 1.0)
+  loss = s.gen_weight * c.mlm_loss + MODEL_MLM_WEIGHT * model_loss
+  sums = generator_sums(gen_logits=c.gen_logits, masked=c.masked, sampled=c.sampled,
+                        mlm_per_slot=c.mlm_per_slot)
+  sums.update(model_mlm_sums(masked=c.masked, per_slot=per_slot,
+                             predicted=jnp.argmax(logits, axis=-1)))
+  return loss, _with_loss(sums, loss)
+
+
+def copy_mixture_log_prob(mlm_logits, copy_logits, input_ids, targets):
+  """log p(targets) under p = D * onehot(input_ids) + (1 - D) * softmax(mlm_logits).
+
+  D = sigmoid(copy_logits).  Float32, in log space (log-sigmoid, log-softmax and a
+  logaddexp where the target is the input token), so no probability underflows.
+  Args: mlm_logits [..., V]; copy_logits, input_ids, targets [...].  Returns [...].
+  """
+  mlm_logits = mlm_logits.astype(jnp.float32)
+  copy_logits = copy_logits.astype(jnp.float32)
+  lse = jax.nn.logsumexp(mlm_logits, axis=-1)
+  log_softmax_target = jnp.take_along_axis(mlm_logits, targets[..., None], -1)[..., 0] - lse
+  log_copy = jax.nn.log_sigmoid(copy_logits)
+  log_generate = jax.nn.log_sigmoid(-copy_logits) + log_softmax_target
+  return jnp.where(input_ids == targets, jnp.logaddexp(log_copy, log_generate), log_generate)
+
+
+def copy_mixture_prediction(mlm_logits, copy_logits, input_ids):
+  """argmax of the copy mixture p (`copy_mixture_log_prob`) without building p [..., V]:
+  the input token when its p is at least the best p of any token, else argmax(logits)."""
+  mlm_logits = mlm_logits.astype(jnp.float32)
+  lse = jax.nn.logsumexp(mlm_logits, axis=-1)
+  log_keep = jax.nn.log_sigmoid(-copy_logits.astype(jnp.float32))
+  log_p_best = log_keep + jnp.max(mlm_logits, axis=-1) - lse
+  log_p_input = copy_mixture_log_prob(mlm_logits, copy_logits, input_ids, input_ids)
+  return jnp.where(log_p_input >= log_p_best, input_ids,
+                   jnp.argmax(mlm_logits, axis=-1).astype(input_ids.dtype))
+
+
+def copy_mixture_distribution(mlm_logits, copy_logits, input_ids):
+  """The full distribution p [..., V] (float32) of `copy_mixture_log_prob`; for checks and
+  analysis, not used by the loss."""
+  d = jax.nn.sigmoid(copy_logits.astype(jnp.float32))[..., None]
+  onehot = jax.nn.one_hot(input_ids, mlm_logits.shape[-1], dtype=jnp.float32)
+  return d * onehot + (1.0 - d) * jax.nn.softmax(mlm_logits.astype(jnp.float32), axis=-1)
+
+
+def all_tokens_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
+                        generator_logits_method, all_tokens_logits_method,
+                        s: ObjectiveSettings, deterministic: bool):
+  """All-Tokens MLM: as `replace_mlm_loss`, but the main model predicts every non-pad
+  token through the copy mixture (`copy_mixture_log_prob`); its loss is the mean over
+  non-pad tokens of -log p(original), with weight MODEL_MLM_WEIGHT."""
+  mask_rng, sample_rng, gen_drop, model_drop = jax.random.split(rng, 4)
   ids, input_mask, segment_ids = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
-  masked = mask_tokens(mask_rng, ids, input_mask, s)
-  variables = {"params": params}
-  gen_logits = apply_fn(variables, masked.input_ids, segment_ids, input_mask,
-                        masked.masked_positions, deterministic=deterministic,
-                        method=generator_logits_method, rngs={"dropout": gen_drop})
-  gen_logits = gen_logits.astype(jnp.float32)  # [B, N, V]
-  w = masked.masked_weights
-  num_slots = jnp.sum(w)
-  mlm_per_slot = optax.softmax_cross_entropy_with_integer_labels(gen_logits, masked.masked_ids)
-  mlm_loss = jnp.sum(mlm_per_slot * w) / jnp.maximum(num_slots, 1.0)
-
-  sampled = sample_tokens(sample_rng, gen_logits, s, masked.masked_ids)
-  fake_ids = scatter_slots(ids, masked.masked_positions, sampled, w > 0)
-  fake_ids = jax.lax.stop_gradient(fake_ids)
-  labels = (fake_ids != ids) & (input_mask > 0)
-  disc_logits = apply_fn(variables, fake_ids, segment_ids, input_mask,
-                         deterministic=deterministic, method=discriminator_logits_method,
-                         rngs={"dropout": disc_drop}).astype(jnp.float32)  # [B, L]
+  c = corrupt(params, batch, mask_rng, sample_rng, gen_drop, apply_fn=apply_fn,
+              generator_logits_method=generator_logits_method, s=s,
+              deterministic=deterministic)
+  mlm_logits, copy_logits = apply_fn({"params": params}, c.fake_ids, segment_ids, input_mask,
+                                     deterministic=deterministic,
+                                     method=all_tokens_logits_method,
+                                     rngs={"dropout": model_drop})
+  copy_logits = copy_logits.astype(jnp.float32)
+  nll = -copy_mixture_log_prob(mlm_logits, copy_logits, c.fake_ids, ids)  # [B, L]
   tok_w = (input_mask > 0).astype(jnp.float32)
-  num_tokens = jnp.sum(tok_w)
-  disc_per_tok = optax.sigmoid_binary_cross_entropy(disc_logits, labels.astype(jnp.float32))
-  disc_loss = jnp.sum(disc_per_tok * tok_w) / jnp.maximum(num_tokens, 1.0)
-  loss = s.gen_weight * mlm_loss + s.disc_weight * disc_loss
+  model_loss = jnp.sum(nll * tok_w) / jnp.maximum(jnp.sum(tok_w), 1.0)
+  loss = s.gen_weight * c.mlm_loss + MODEL_MLM_WEIGHT * model_loss
 
-  sums = metric_sums(gen_logits=gen_logits, masked=masked, sampled=sampled,
-                     mlm_per_slot=mlm_per_slot, disc_logits=disc_logits,
-                     disc_per_tok=disc_per_tok, labels=labels, tok_w=tok_w)
+  predicted = copy_mixture_prediction(mlm_logits, copy_logits, c.fake_ids)  # [B, L]
+  at_slots = lambda x: jnp.take_along_axis(x, c.masked.masked_positions, axis=1)
+  sums = generator_sums(gen_logits=c.gen_logits, masked=c.masked, sampled=c.sampled,
+                        mlm_per_slot=c.mlm_per_slot)
+  sums.update(model_mlm_sums(masked=c.masked, per_slot=at_slots(nll),
+                             predicted=at_slots(predicted)))
+  replaced = (c.fake_ids != ids).astype(jnp.float32) * tok_w
+  original = tok_w - replaced
+  copy_prob = jax.nn.sigmoid(copy_logits)
+  sums.update({
+      "model_tokens": jnp.sum(tok_w),
+      "model_all_loss_sum": jnp.sum(nll * tok_w),
+      "model_all_correct": jnp.sum((predicted == ids) * tok_w),
+      "replaced_tokens": jnp.sum(replaced),
+      "original_tokens": jnp.sum(original),
+      "copy_prob_replaced_sum": jnp.sum(copy_prob * replaced),
+      "copy_prob_original_sum": jnp.sum(copy_prob * original),
+  })
+  return loss, _with_loss(sums, loss)
+
+
+def bert_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
+                  model_mlm_logits_method, s: ObjectiveSettings, deterministic: bool):
+  """BERT's MLM (objective 'mlm'): no generator; 80/10/10 masking
+  (`mask_tokens(bert_style=True)`); loss = MODEL_MLM_WEIGHT * mean cross-entropy of
+  the originals over the real masked slots."""
+  mask_rng, model_drop = jax.random.split(rng)
+  ids, input_mask, segment_ids = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
+  masked = mask_tokens(mask_rng, ids, input_mask, s, bert_style=True)
+  logits = apply_fn({"params": params}, masked.input_ids, segment_ids, input_mask,
+                    masked.masked_positions, deterministic=deterministic,
+                    method=model_mlm_logits_method,
+                    rngs={"dropout": model_drop}).astype(jnp.float32)  # [B, N, V]
+  per_slot = optax.softmax_cross_entropy_with_integer_labels(logits, masked.masked_ids)
+  w = masked.masked_weights
+  loss = MODEL_MLM_WEIGHT * jnp.sum(per_slot * w) / jnp.maximum(jnp.sum(w), 1.0)
+  sums = model_mlm_sums(masked=masked, per_slot=per_slot,
+                        predicted=jnp.argmax(logits, axis=-1))
+  return loss, _with_loss(sums, loss)
+
+
+def pretraining_loss(params, batch, rng, *, model, s: ObjectiveSettings,
+                     deterministic: bool):
+  """(loss, metric sums) of `model.objective` for one batch.
+
+  model: an `electra_jax.model.ElectraPretrainingModel`; its `objective` attribute
+  picks the function (electra_loss, electra_15_loss, replace_mlm_loss,
+  all_tokens_mlm_loss, bert_mlm_loss) and its methods supply the logits.
+  """
+  m, objective = type(model), model.objective
+  common = dict(apply_fn=model.apply, s=s, deterministic=deterministic)
+  if objective in ("electra", "electra_15"):
+    fn = electra_loss if objective == "electra" else electra_15_loss
+    return fn(params, batch, rng, generator_logits_method=m.generator_logits,
+              discriminator_logits_method=m.discriminator_logits, **common)
+  if objective == "replace_mlm":
+    return replace_mlm_loss(params, batch, rng, generator_logits_method=m.generator_logits,
+                            model_mlm_logits_method=m.model_mlm_logits, **common)
+  if objective == "all_tokens_mlm":
+    return all_tokens_mlm_loss(params, batch, rng, generator_logits_method=m.generator_logits,
+                               all_tokens_logits_method=m.all_tokens_logits, **common)
+  if objective == "mlm":
+    return bert_mlm_loss(params, batch, rng, model_mlm_logits_method=m.model_mlm_logits,
+                         **common)
+  raise ValueError(f"unknown objective {objective!r}")
+
+
+def _with_loss(sums: Sums, loss) -> Sums:
   sums["loss"] = loss  # per-batch value; `finalize_metrics` averages it per batch
   sums["batches"] = jnp.ones((), jnp.float32)
-  return loss, sums
+  return sums
 
 
-def metric_sums(*, gen_logits, masked: MaskedBatch, sampled, mlm_per_slot, disc_logits,
-                disc_per_tok, labels, tok_w) -> Sums:
-  """Additive statistics behind every metric in DESIGN.md §1."""
+def generator_sums(*, gen_logits, masked: MaskedBatch, sampled, mlm_per_slot) -> Sums:
+  """Additive statistics of the generator's MLM (masked_lm_*, sampled_masked_lm_*)."""
   w = masked.masked_weights
   pred = jnp.argmax(gen_logits, axis=-1)
+  return {
+      "mlm_slots": jnp.sum(w),
+      "mlm_loss_sum": jnp.sum(mlm_per_slot * w),
+      "mlm_correct": jnp.sum((pred == masked.masked_ids) * w),
+      "sampled_correct": jnp.sum((sampled == masked.masked_ids) * w),
+  }
+
+
+def discriminator_sums(*, disc_logits, disc_per_tok, labels, tok_w) -> Sums:
+  """Additive statistics of the replaced-token detector (disc_*), weighted by tok_w."""
   prob = jax.nn.sigmoid(disc_logits)
   guess = disc_logits > 0
   lab = labels.astype(jnp.float32)
@@ -187,10 +466,6 @@ def metric_sums(*, gen_logits, masked: MaskedBatch, sampled, mlm_per_slot, disc_
   pos_w = (lab * tok_w).reshape(-1)
   neg_w = ((1.0 - lab) * tok_w).reshape(-1)
   return {
-      "mlm_slots": jnp.sum(w),
-      "mlm_loss_sum": jnp.sum(mlm_per_slot * w),
-      "mlm_correct": jnp.sum((pred == masked.masked_ids) * w),
-      "sampled_correct": jnp.sum((sampled == masked.masked_ids) * w),
       "disc_tokens": jnp.sum(tok_w),
       "disc_loss_sum": jnp.sum(disc_per_tok * tok_w),
       "disc_correct": jnp.sum((guess == labels) * tok_w),
@@ -199,6 +474,26 @@ def metric_sums(*, gen_logits, masked: MaskedBatch, sampled, mlm_per_slot, disc_
       "disc_label_pos": jnp.sum(lab * tok_w),
       "auc_pos_hist": jnp.zeros(AUC_BINS, jnp.float32).at[bins].add(pos_w),
       "auc_neg_hist": jnp.zeros(AUC_BINS, jnp.float32).at[bins].add(neg_w),
+  }
+
+
+def metric_sums(*, gen_logits, masked: MaskedBatch, sampled, mlm_per_slot, disc_logits,
+                disc_per_tok, labels, tok_w) -> Sums:
+  """Additive statistics behind every ELECTRA metric in DESIGN.md §1."""
+  sums = generator_sums(gen_logits=gen_logits, masked=masked, sampled=sampled,
+                        mlm_per_slot=mlm_per_slot)
+  sums.update(discriminator_sums(disc_logits=disc_logits, disc_per_tok=disc_per_tok,
+                                 labels=labels, tok_w=tok_w))
+  return sums
+
+
+def model_mlm_sums(*, masked: MaskedBatch, per_slot, predicted) -> Sums:
+  """Additive statistics of the main model's MLM on the masked slots (model_mlm_*)."""
+  w = masked.masked_weights
+  return {
+      "model_mlm_slots": jnp.sum(w),
+      "model_mlm_loss_sum": jnp.sum(per_slot * w),
+      "model_mlm_correct": jnp.sum((predicted == masked.masked_ids) * w),
   }
 
 
@@ -220,19 +515,39 @@ def auc_from_histograms(pos_hist, neg_hist) -> float:
   return float(np.sum(pos * (neg_below + 0.5 * neg)) / (n_pos * n_neg))
 
 
+# Reported metrics, in order: (name, numerator sum, denominator sum).  A metric is
+# reported when the objective produced both sums; disc_auc uses the AUC histograms.
+_METRICS = (
+    ("masked_lm_loss", "mlm_loss_sum", "mlm_slots"),
+    ("masked_lm_accuracy", "mlm_correct", "mlm_slots"),
+    ("sampled_masked_lm_accuracy", "sampled_correct", "mlm_slots"),
+    ("disc_loss", "disc_loss_sum", "disc_tokens"),
+    ("disc_accuracy", "disc_correct", "disc_tokens"),
+    ("disc_precision", "disc_true_pos", "disc_pred_pos"),
+    ("disc_recall", "disc_true_pos", "disc_label_pos"),
+    ("disc_auc", "auc_pos_hist", "auc_neg_hist"),
+    ("replaced_fraction", "disc_label_pos", "disc_tokens"),
+    ("model_mlm_loss", "model_mlm_loss_sum", "model_mlm_slots"),
+    ("model_mlm_accuracy", "model_mlm_correct", "model_mlm_slots"),
+    ("model_all_tokens_loss", "model_all_loss_sum", "model_tokens"),
+    ("model_all_tokens_accuracy", "model_all_correct", "model_tokens"),
+    ("copy_prob_replaced", "copy_prob_replaced_sum", "replaced_tokens"),
+    ("copy_prob_original", "copy_prob_original_sum", "original_tokens"),
+)
+
+
 def finalize_metrics(sums) -> dict[str, float]:
-  """Turns (host) metric sums into the named metrics of DESIGN.md §1."""
+  """Turns (host) metric sums into named metrics: 'loss' plus those of `_METRICS` whose
+  sums exist (DESIGN.md §1's names for the generator and discriminator; model_mlm_*,
+  model_all_tokens_* and copy_prob_* for the main-model MLM objectives)."""
   s = {k: np.asarray(v, np.float64) for k, v in sums.items()}
   div = lambda a, b: float(a / b) if b > 0 else float("nan")
-  return {
-      "loss": div(s["loss"], s["batches"]),
-      "masked_lm_loss": div(s["mlm_loss_sum"], s["mlm_slots"]),
-      "masked_lm_accuracy": div(s["mlm_correct"], s["mlm_slots"]),
-      "sampled_masked_lm_accuracy": div(s["sampled_correct"], s["mlm_slots"]),
-      "disc_loss": div(s["disc_loss_sum"], s["disc_tokens"]),
-      "disc_accuracy": div(s["disc_correct"], s["disc_tokens"]),
-      "disc_precision": div(s["disc_true_pos"], s["disc_pred_pos"]),
-      "disc_recall": div(s["disc_true_pos"], s["disc_label_pos"]),
-      "disc_auc": auc_from_histograms(s["auc_pos_hist"], s["auc_neg_hist"]),
-      "replaced_fraction": div(s["disc_label_pos"], s["disc_tokens"]),
-  }
+  out = {"loss": div(s["loss"], s["batches"])}
+  for name, num, den in _METRICS:
+    if num not in s or den not in s:
+      continue
+    if name == "disc_auc":
+      out[name] = auc_from_histograms(s[num], s[den])
+    else:
+      out[name] = div(s[num], s[den])
+  return out

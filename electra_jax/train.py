@@ -28,8 +28,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from electra_jax import objective
 from electra_jax import optim
 from electra_jax.errors import UserInputError
-from electra_jax.model import (ElectraPretrainingModel, discriminator_param_count,
-                               count_params, encoder_config_from, generator_config)
+from electra_jax.model import (EMBEDDING_SHARING, OBJECTIVES, ElectraPretrainingModel,
+                               count_params, discriminator_param_count, encoder_config_from,
+                               generator_config, objective_heads)
 from electra_jax.reporting import MetricWriter
 from electra_jax.tokenization import Tokenizer, load_tokenizer
 
@@ -43,14 +44,29 @@ class TrainState:
 
 # Config sections that must not change when resuming from a workdir's checkpoint.
 _FROZEN_ON_RESUME = ("objective", "model", "pretrain.mask_prob", "data.max_seq_length")
-_OBJECTIVES = ("electra",)
 
 
 def validate_config(config: ml_collections.ConfigDict):
   """Checks values the type system cannot; raises UserInputError with the fix."""
   t = config.train
-  if config.objective not in _OBJECTIVES:
-    raise UserInputError(f"config.objective={config.objective!r} is not one of {_OBJECTIVES}")
+  if config.objective not in OBJECTIVES:
+    raise UserInputError(f"config.objective={config.objective!r} is not one of "
+                         f"{', '.join(OBJECTIVES)}")
+  sharing = config.model.embedding_sharing
+  if sharing not in EMBEDDING_SHARING:
+    raise UserInputError(f"config.model.embedding_sharing={sharing!r} is not one of "
+                         f"{', '.join(EMBEDDING_SHARING)}")
+  if not objective_heads(config.objective).generator and sharing != "tied":
+    raise UserInputError(
+        f"config.objective={config.objective!r} has no generator, so "
+        f"config.model.embedding_sharing must be 'tied' (got {sharing!r})")
+  p = config.pretrain
+  mlm_mask = p.get("mlm_mask_token_prob", 0.8)
+  mlm_random = p.get("mlm_random_token_prob", 0.1)
+  if not (0 <= mlm_mask and 0 <= mlm_random and mlm_mask + mlm_random <= 1):
+    raise UserInputError(
+        f"config.pretrain.mlm_mask_token_prob={mlm_mask} and mlm_random_token_prob="
+        f"{mlm_random} must be >= 0 with a sum <= 1")
   for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
                "eval_batches", "keep_checkpoints"):
     if t[name] <= 0:
@@ -250,9 +266,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ------------------------------------------------- model and optimizer
   disc_cfg = encoder_config_from(config.model, tokenizer.vocab_size)
-  gen_cfg = generator_config(disc_cfg, config.model.generator_size)
+  has_generator = objective_heads(config.objective).generator
+  # objective 'mlm' has no generator: generator_size is ignored.
+  gen_cfg = generator_config(disc_cfg, config.model.generator_size) if has_generator else None
   model = ElectraPretrainingModel(disc=disc_cfg, gen=gen_cfg,
-                                  embedding_sharing=config.model.embedding_sharing)
+                                  embedding_sharing=config.model.embedding_sharing,
+                                  objective=config.objective)
   settings = objective.ObjectiveSettings.from_config(config.pretrain, tokenizer, seq_len)
   tx, schedule = optim.make_optimizer(config.optim, t.steps)
 
@@ -299,7 +318,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if start_step == 0 and jax.process_index() == 0:
     n_disc = discriminator_param_count(abstract_state.params)
     n_all = count_params(abstract_state.params)
-    print(f"model: discriminator {n_disc:,} params, generator+discriminator {n_all:,}; "
+    sizes = (f"discriminator {n_disc:,} params, generator+discriminator {n_all:,}"
+             if has_generator else f"{n_all:,} params (no generator)")
+    print(f"model: objective {config.objective}, {sizes}; "
           f"vocab {tokenizer.vocab_size}; {jax.device_count()} device(s) "
           f"({jax.devices()[0].platform}); data {dataset_dir}", flush=True)
   elif jax.process_index() == 0:
@@ -307,11 +328,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---------------------------------------------------------------- steps
   def loss_fn(params, batch, key, deterministic):
-    return objective.electra_loss(
-        params, batch, key, apply_fn=model.apply,
-        generator_logits_method=ElectraPretrainingModel.generator_logits,
-        discriminator_logits_method=ElectraPretrainingModel.discriminator_logits,
-        s=settings, deterministic=deterministic)
+    return objective.pretraining_loss(params, batch, key, model=model, s=settings,
+                                      deterministic=deterministic)
 
   def train_step(state: TrainState, batch):
     key = jax.random.fold_in(train_key, state.step)
