@@ -42,6 +42,11 @@ def pretrain_config(size: str = "small") -> ml_collections.ConfigDict:
   # 'all_tokens_mlm', 'mlm' (BERT, no generator); see electra_jax/objective.py
   c.objective = "electra"
   c.seed = 0  # seed for parameter init, masking and sampling
+  c.distributed = "auto"  # jax.distributed.initialize(): 'auto' (multi-host envs), 'on', 'off'
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # data-parallel axis size; -1 = the devices left over by fsdp
+  c.mesh.fsdp = 1  # devices that shard params and optimizer state (electra_jax/parallel.py)
 
   c.model = m = ml_collections.ConfigDict()
   m.size = size  # name of the size preset these values came from (informational)
@@ -87,6 +92,7 @@ def pretrain_config(size: str = "small") -> ml_collections.ConfigDict:
   c.train = t = ml_collections.ConfigDict()
   t.steps = s["steps"]  # total optimizer steps
   t.batch_size = s["batch_size"]  # GLOBAL batch size (sequences per step, all devices)
+  t.grad_accum_steps = 1  # micro-batches per step (gradients averaged inside the jitted step)
   t.log_every = 100  # steps between metric logs
   t.eval_every = 5000  # steps between held-out evaluations (and at the end)
   t.eval_batches = 20  # batches per evaluation

@@ -5,9 +5,11 @@
 
 `train_and_evaluate(config, workdir)` is the whole job, importable for tests.
 It reads top to bottom: setup, data, model and optimizer, checkpoints, the
-jitted steps, then the training loop.  The step is `jax.jit` over a device Mesh
-whose `data` axis spans every device: the batch is sharded along it, the state
-is replicated, and the state buffers are donated.
+jitted steps, then the training loop.  `build_training` makes the model, the
+optimizer and the steps: `jax.jit` over a ('data', 'fsdp') device Mesh
+(electra_jax/parallel.py), the batch split over every device, params and optimizer
+state sharded over 'fsdp' (replicated when fsdp=1), the state buffers donated, and
+`config.train.grad_accum_steps` micro-batches scanned inside the step.
 """
 
 import dataclasses
@@ -23,10 +25,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
+from electra_jax import flops
 from electra_jax import objective
 from electra_jax import optim
+from electra_jax import parallel
 from electra_jax.errors import UserInputError
 from electra_jax.model import (EMBEDDING_SHARING, OBJECTIVES, ElectraPretrainingModel,
                                count_params, discriminator_param_count, encoder_config_from,
@@ -71,7 +75,17 @@ def validate_config(config: ml_collections.ConfigDict):
                "eval_batches", "keep_checkpoints"):
     if t[name] <= 0:
       raise UserInputError(f"config.train.{name} must be positive, got {t[name]}")
+  if t.grad_accum_steps <= 0 or t.batch_size % t.grad_accum_steps:
+    raise UserInputError(
+        f"config.train.grad_accum_steps={t.grad_accum_steps} must be positive and divide "
+        f"config.train.batch_size={t.batch_size}")
   n = jax.device_count()
+  if (t.batch_size // t.grad_accum_steps) % n:
+    raise UserInputError(
+        f"config.train.batch_size={t.batch_size} / grad_accum_steps={t.grad_accum_steps} "
+        f"= {t.batch_size // t.grad_accum_steps} sequences per micro-batch is not divisible "
+        f"by the {n} devices; use a batch size that is a multiple of {n * t.grad_accum_steps}")
+  parallel.mesh_shape(config.mesh.data, config.mesh.fsdp, n)  # raises if it does not fit
   if t.batch_size % n:
     raise UserInputError(
         f"config.train.batch_size={t.batch_size} (global) is not divisible by the {n} devices; "
@@ -228,43 +242,64 @@ def _host_sums(sums_list) -> dict[str, np.ndarray]:
   return total
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Pretrains per `config` in `workdir` (resuming if it holds a checkpoint).
+def accumulate_gradients(grad_fn, params, batch, key, num_micro: int):
+  """(grads, sums) of `grad_fn(params, batch, key)` over `num_micro` micro-batches.
 
-  Returns the final held-out metrics as {'eval/<name>': value}.
+  Micro-batch i takes rows i, i + k, i + 2k, ... of the batch (k = num_micro), so every
+  device holds a slice of every micro-batch, and gets key fold_in(key, i).  Gradients
+  are averaged and metric sums added; for a loss that is a mean over rows this equals
+  `grad_fn` on the whole batch.  Runs as a lax.scan inside the jitted step, so only one
+  micro-batch's activations are alive at a time.
   """
-  # Imported here so `--help` and config errors stay fast.
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  import grain  # pylint: disable=g-import-not-at-top
-  from electra_jax.data.dataset import check_compatible, open_dataset  # pylint: disable=g-import-not-at-top
-  from electra_jax.data.pipeline import eval_batches, train_iterator  # pylint: disable=g-import-not-at-top
-  from electra_jax.data.select import prepare_dataset  # pylint: disable=g-import-not-at-top
+  if num_micro == 1:
+    return grad_fn(params, batch, key)
 
-  # ------------------------------------------------------------------ setup
-  validate_config(config)
-  workdir = os.path.abspath(workdir)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+  def split(x):  # [B, ...] -> [k, B // k, ...], row r of micro-batch i = row r*k + i
+    x = x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+
+  micro = jax.tree.map(split, batch)
+
+  def body(carry, xs):
+    i, mb = xs
+    grads, sums = grad_fn(params, mb, jax.random.fold_in(key, i))
+    return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+  first = jax.tree.map(lambda x: x[0], micro)
+  shapes = jax.eval_shape(grad_fn, params, first, key)
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+  (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(num_micro), micro))
+  return jax.tree.map(lambda g: g / num_micro, grads), sums
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """The model, optimizer and jitted steps of a pretraining config on a Mesh."""
+  model: ElectraPretrainingModel
+  settings: objective.ObjectiveSettings
+  tx: optax.GradientTransformation
+  schedule: Callable[[Any], Any]
+  init_state: Callable[[jax.Array], TrainState]  # jitted, sharded per state_sharding
+  abstract_state: TrainState  # ShapeDtypeStructs
+  state_sharding: TrainState  # NamedShardings (parallel.state_shardings)
+  batch_sharding: Any
+  train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]  # jitted, donates state
+  eval_step: Callable[[Any, dict, Any], dict]  # jitted (params, batch, index) -> sums
+  init_key: jax.Array
+
+  def abstract_batch(self, batch_size: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
+    shape = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=self.batch_sharding)
+    return {k: shape for k in ("input_ids", "input_mask", "segment_ids")}
+
+
+def build_training(config: ml_collections.ConfigDict, tokenizer, mesh: Mesh) -> Training:
+  """Everything the loop (and `electra_jax.aot`) needs to run or compile the steps.
+
+  `tokenizer` only needs vocab_size and the pad/cls/sep/mask ids.  Nothing is
+  allocated: the state exists abstractly until `init_state` or a restore.
+  """
   t = config.train
-  mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P("data"))
-
-  # ------------------------------------------------------------------- data
-  dataset_dir = prepare_dataset(config.data, is_builder=jax.process_index() == 0)
-  built = open_dataset(dataset_dir)
-  check_compatible(built, vocab_fingerprint=None, max_seq_length=config.data.max_seq_length)
-  tokenizer = load_tokenizer(built.vocab_path)
-  if config.data.vocab and config.data.dataset_dir:
-    wanted = load_tokenizer(config.data.vocab).fingerprint
-    check_compatible(built, vocab_fingerprint=wanted, max_seq_length=config.data.max_seq_length)
   seq_len = config.data.max_seq_length
-  train_iter = train_iterator(built.sources["train"], global_batch_size=t.batch_size,
-                              seed=config.data.seed, prefetch=config.data.prefetch)
-  eval_data = eval_batches(built.sources["validation"], global_batch_size=t.batch_size,
-                           num_batches=t.eval_batches)
-
-  # ------------------------------------------------- model and optimizer
   disc_cfg = encoder_config_from(config.model, tokenizer.vocab_size)
   has_generator = objective_heads(config.objective).generator
   # objective 'mlm' has no generator: generator_size is ignored.
@@ -283,7 +318,83 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
   abstract_state = jax.eval_shape(init_state, init_key)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  state_sharding = parallel.state_shardings(abstract_state, mesh)
+  batch_sharding = parallel.batch_sharding(mesh)
+  replicated = parallel.replicated(mesh)
+
+  def loss_fn(params, batch, key, deterministic):
+    return objective.pretraining_loss(params, batch, key, model=model, s=settings,
+                                      deterministic=deterministic)
+
+  def grad_fn(params, batch, key):
+    (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, key, False)
+    return grads, sums
+
+  def train_step(state: TrainState, batch):
+    key = jax.random.fold_in(train_key, state.step)
+    grads, sums = accumulate_gradients(grad_fn, state.params, batch, key, t.grad_accum_steps)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    sums["grad_norm"] = optax.tree.norm(grads)
+    sums["learning_rate"] = schedule(state.step)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
+
+  def eval_step(params, batch, index):
+    _, sums = loss_fn(params, batch, jax.random.fold_in(eval_key, index), True)
+    return sums
+
+  return Training(
+      model=model, settings=settings, tx=tx, schedule=schedule,
+      init_state=jax.jit(init_state, out_shardings=state_sharding),
+      abstract_state=abstract_state, state_sharding=state_sharding,
+      batch_sharding=batch_sharding,
+      train_step=jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+                         out_shardings=(state_sharding, replicated), donate_argnums=(0,)),
+      eval_step=jax.jit(eval_step, in_shardings=(state_sharding.params, batch_sharding, None),
+                        out_shardings=replicated),
+      init_key=init_key)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Pretrains per `config` in `workdir` (resuming if it holds a checkpoint).
+
+  Returns the final held-out metrics as {'eval/<name>': value}.
+  """
+  # Imported here so `--help` and config errors stay fast.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  import grain  # pylint: disable=g-import-not-at-top
+  from electra_jax.data.dataset import check_compatible, open_dataset  # pylint: disable=g-import-not-at-top
+  from electra_jax.data.pipeline import eval_batches, train_iterator  # pylint: disable=g-import-not-at-top
+  from electra_jax.data.select import prepare_dataset  # pylint: disable=g-import-not-at-top
+
+  # ------------------------------------------------------------------ setup
+  parallel.initialize_distributed(config.distributed)  # before anything touches a device
+  validate_config(config)
+  workdir = os.path.abspath(workdir)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+  t = config.train
+  mesh = parallel.make_mesh(config.mesh)
+
+  # ------------------------------------------------------------------- data
+  dataset_dir = prepare_dataset(config.data, is_builder=jax.process_index() == 0)
+  built = open_dataset(dataset_dir)
+  check_compatible(built, vocab_fingerprint=None, max_seq_length=config.data.max_seq_length)
+  tokenizer = load_tokenizer(built.vocab_path)
+  if config.data.vocab and config.data.dataset_dir:
+    wanted = load_tokenizer(config.data.vocab).fingerprint
+    check_compatible(built, vocab_fingerprint=wanted, max_seq_length=config.data.max_seq_length)
+  seq_len = config.data.max_seq_length
+  train_iter = train_iterator(built.sources["train"], global_batch_size=t.batch_size,
+                              seed=config.data.seed, prefetch=config.data.prefetch)
+  eval_data = eval_batches(built.sources["validation"], global_batch_size=t.batch_size,
+                           num_batches=t.eval_batches)
+
+  # ------------------------------------------------- model, optimizer, steps
+  training = build_training(config, tokenizer, mesh)
+  abstract_state, state_sharding = training.abstract_state, training.state_sharding
+  batch_sharding, eval_step = training.batch_sharding, training.eval_step
+  has_generator = objective_heads(config.objective).generator
 
   # ------------------------------------------------------------ checkpoints
   check_workdir_config(workdir, config, tokenizer.fingerprint)
@@ -296,7 +407,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      "data": grain.checkpoint.CheckpointHandler()})
   start_step = manager.latest_step()
   if start_step is None:
-    state = jax.jit(init_state, out_shardings=state_sharding)(init_key)
+    state = training.init_state(training.init_key)
   else:
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_state, state_sharding)
@@ -314,6 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = restored["state"]
   start_step = int(start_step or 0)
 
+  flops_per_step = flops.train_flops_per_step(config, tokenizer.vocab_size)["total"]
   writer = MetricWriter(workdir, t.steps, t.progress_bar, initial_step=start_step)
   if start_step == 0 and jax.process_index() == 0:
     n_disc = discriminator_param_count(abstract_state.params)
@@ -321,34 +433,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sizes = (f"discriminator {n_disc:,} params, generator+discriminator {n_all:,}"
              if has_generator else f"{n_all:,} params (no generator)")
     print(f"model: objective {config.objective}, {sizes}; "
-          f"vocab {tokenizer.vocab_size}; {jax.device_count()} device(s) "
-          f"({jax.devices()[0].platform}); data {dataset_dir}", flush=True)
+          f"vocab {tokenizer.vocab_size}; {flops_per_step / 1e9:,.1f} GFLOP per step; "
+          f"{jax.device_count()} device(s) ({jax.devices()[0].platform}, mesh data "
+          f"{mesh.shape['data']} x fsdp {mesh.shape['fsdp']}); data {dataset_dir}", flush=True)
   elif jax.process_index() == 0:
     print(f"resuming from checkpoint at step {start_step} in {workdir}", flush=True)
-
-  # ---------------------------------------------------------------- steps
-  def loss_fn(params, batch, key, deterministic):
-    return objective.pretraining_loss(params, batch, key, model=model, s=settings,
-                                      deterministic=deterministic)
-
-  def train_step(state: TrainState, batch):
-    key = jax.random.fold_in(train_key, state.step)
-    (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, key, False)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    sums["grad_norm"] = optax.tree.norm(grads)
-    sums["learning_rate"] = schedule(state.step)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), sums
-
-  def eval_step(params, batch, index):
-    _, sums = loss_fn(params, batch, jax.random.fold_in(eval_key, index), True)
-    return sums
-
-  train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                       out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-  eval_step = jax.jit(eval_step, in_shardings=(state_sharding.params, batch_sharding, None),
-                      out_shardings=replicated)
 
   def evaluate(params) -> dict[str, float]:
     total = None
@@ -365,9 +454,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ----------------------------------------------------------------- loop
   tokens_per_step = t.batch_size * seq_len
   t0 = time.perf_counter()
-  batch_shape = jax.ShapeDtypeStruct((t.batch_size, seq_len), jnp.int32, sharding=batch_sharding)
-  compiled = train_step.lower(
-      state, {k: batch_shape for k in ("input_ids", "input_mask", "segment_ids")}).compile()
+  compiled = training.train_step.lower(
+      state, training.abstract_batch(t.batch_size, seq_len)).compile()
   compile_s = time.perf_counter() - t0
   if jax.process_index() == 0:
     print(f"compiled the training step in {compile_s:.1f}s", flush=True)
@@ -387,6 +475,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       steps_per_s, busy_s = clock.measure(logged_step)
       return {"perf/steps_per_s": steps_per_s,
               "perf/tokens_per_s": steps_per_s * tokens_per_step,
+              "perf/model_tflops_per_s": steps_per_s * flops_per_step / 1e12,
               "perf/input_wait_frac": min(1.0, input_wait_s / busy_s),
               "perf/eta_s": (end - logged_step) / max(steps_per_s, 1e-9),
               "perf/compile_s": compile_s}

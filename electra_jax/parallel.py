@@ -1,0 +1,138 @@
+"""Devices, hosts and shardings: the one place that decides where arrays live.
+
+* `initialize_distributed()` joins a multi-host job (TPU pod slice, SLURM, or an
+  explicit coordinator) before anything touches a device; one host needs nothing.
+* `make_mesh(config.mesh)` builds the ('data', 'fsdp') device Mesh; a size of -1
+  fills the remaining devices.
+* `state_shardings(abstract_state, mesh)` applies the parameter rule below to the
+  whole training state (params and optimizer moments alike, so Adam's state is
+  sharded exactly like its parameter).
+* `batch_sharding(mesh)` splits the batch over both axes: every device holds a
+  different slice of the global batch, FSDP or not.
+
+Parameter rule (fully sharded data parallelism): a tensor with at least
+`MIN_SHARD_SIZE` elements is split along 'fsdp' on its largest dimension that the
+'fsdp' size divides, never along the stacked-layer axis of scanned layers (each
+scan iteration gathers one layer); smaller or indivisible tensors are replicated.
+With fsdp=1 everything is replicated: plain data parallelism.
+"""
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from electra_jax.errors import UserInputError
+
+AXES = ("data", "fsdp")
+BATCH_AXES = AXES  # the batch dimension is split over every mesh axis
+MIN_SHARD_SIZE = 2 ** 14  # smaller tensors (biases, LayerNorms) stay replicated
+
+# Environment variables that mean "this process is one of several".
+_MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS")
+
+
+def _is_multiprocess_environment() -> bool:
+  if any(os.environ.get(k) for k in _MULTIHOST_ENV):
+    return True
+  if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in os.environ:
+    return True  # inside `srun` with several tasks
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return len([h for h in hosts.split(",") if h]) > 1  # a multi-host TPU slice
+
+
+def initialize_distributed(mode: str = "auto") -> bool:
+  """Calls `jax.distributed.initialize()` when this is one process of several.
+
+  mode: 'auto' (when the environment shows several processes: a multi-host TPU
+  slice, `srun` with several tasks, or JAX_COORDINATOR_ADDRESS set), 'on' (always;
+  JAX reads the cluster from the environment) or 'off'.  Returns whether it ran.
+  Must run before any other JAX call touches a device.
+  """
+  if mode not in ("auto", "on", "off"):
+    raise UserInputError(f"distributed mode must be 'auto', 'on' or 'off', got {mode!r}")
+  if mode == "off" or (mode == "auto" and not _is_multiprocess_environment()):
+    return False
+  if jax.distributed.is_initialized():
+    return True
+  kwargs = {}
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                  num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                  process_id=int(os.environ["JAX_PROCESS_ID"]))
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (KeyError, ValueError, RuntimeError) as e:
+    raise UserInputError(f"jax.distributed.initialize() failed ({str(e).splitlines()[0]}); "
+                         f"set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
+                         f"JAX_PROCESS_ID, or run on one host") from e
+  return True
+
+
+def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
+  """(data, fsdp) sizes with one -1 filled in; UserInputError if they do not fit."""
+  sizes = [data, fsdp]
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise UserInputError(f"config.mesh data={data}, fsdp={fsdp}: give positive sizes, "
+                         f"at most one of them -1 (fill the remaining devices)")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if num_devices % known:
+      raise UserInputError(f"config.mesh data={data}, fsdp={fsdp}: {known} does not divide "
+                           f"the {num_devices} devices")
+    sizes[sizes.index(-1)] = num_devices // known
+  if sizes[0] * sizes[1] != num_devices:
+    raise UserInputError(f"config.mesh data={sizes[0]} x fsdp={sizes[1]} = "
+                         f"{sizes[0] * sizes[1]} devices, but there are {num_devices}; "
+                         f"use -1 for one axis to fill the rest")
+  return sizes[0], sizes[1]
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+  """The ('data', 'fsdp') Mesh over `devices` (default: every device of every host)."""
+  devices = list(jax.devices() if devices is None else devices)
+  data, fsdp = mesh_shape(mesh_cfg.data, mesh_cfg.fsdp, len(devices))
+  try:
+    from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+    grid = mesh_utils.create_device_mesh((data, fsdp), devices)
+  except (ValueError, NotImplementedError, AssertionError):
+    grid = np.asarray(devices).reshape(data, fsdp)
+  return Mesh(grid, AXES)
+
+
+def param_spec(shape: tuple[int, ...], fsdp: int, stacked: bool = False) -> P:
+  """The PartitionSpec the module docstring's rule gives a tensor of `shape`."""
+  if fsdp <= 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARD_SIZE:
+    return P()
+  first = 1 if stacked else 0
+  candidates = [i for i in range(first, len(shape)) if shape[i] % fsdp == 0]
+  if not candidates:
+    return P()
+  axis = max(candidates, key=lambda i: (shape[i], i))  # largest; ties: the last
+  spec = [None] * len(shape)
+  spec[axis] = "fsdp"
+  return P(*spec)
+
+
+def _is_stacked(path) -> bool:
+  """Scanned layers live under a 'layer' key with a leading [num_layers] axis."""
+  return any(getattr(k, "key", None) == "layer" for k in path)
+
+
+def state_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
+  """NamedShardings for every leaf of `abstract_tree` (arrays or ShapeDtypeStructs)."""
+  fsdp = mesh.shape["fsdp"]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: NamedSharding(mesh, param_spec(tuple(x.shape), fsdp, _is_stacked(path))),
+      abstract_tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batch rows split over every device ('data' x 'fsdp')."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

@@ -1,0 +1,199 @@
+"""Mesh shapes, the FSDP parameter rule and multi-process detection (electra_jax.parallel)."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from electra_jax import parallel
+from electra_jax.errors import UserInputError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_mesh_shape_fills_minus_one_and_rejects_misfits():
+  assert parallel.mesh_shape(-1, 1, 8) == (8, 1)
+  assert parallel.mesh_shape(2, -1, 8) == (2, 4)
+  assert parallel.mesh_shape(-1, 8, 8) == (1, 8)
+  assert parallel.mesh_shape(4, 2, 8) == (4, 2)
+  for data, fsdp, match in [(-1, -1, "at most one"), (0, 1, "positive"),
+                            (-1, 3, "does not divide"), (2, 2, "but there are 8")]:
+    with pytest.raises(UserInputError, match=match):
+      parallel.mesh_shape(data, fsdp, 8)
+
+
+def test_param_rule():
+  # Largest dimension the fsdp size divides; ties go to the last one.
+  assert parallel.param_spec((30522, 128), 8) == P(None, "fsdp")
+  assert parallel.param_spec((1024, 4096), 8) == P(None, "fsdp")
+  assert parallel.param_spec((4096, 1024), 8) == P("fsdp", None)
+  assert parallel.param_spec((256, 256), 4) == P(None, "fsdp")
+  # Never the stacked-layer axis of scanned layers, even when it is the largest.
+  assert parallel.param_spec((512, 64, 64), 8, stacked=True) == P(None, None, "fsdp")
+  assert parallel.param_spec((16, 1024), 16, stacked=True) == P(None, "fsdp")
+  # Small, indivisible or unsharded tensors stay replicated.
+  assert parallel.param_spec((256,), 8) == P()
+  assert parallel.param_spec((30522, 127), 8) == P()
+  assert parallel.param_spec((1024, 1024), 1) == P()
+  assert parallel.param_spec((), 8) == P()
+
+
+def test_state_shardings_follow_paths():
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), parallel.AXES)
+  tree = {"encoder": {"layer": {"kernel": jax.ShapeDtypeStruct((4, 64, 64), "float32")}},
+          "bias": jax.ShapeDtypeStruct((64,), "float32")}
+  shardings = parallel.state_shardings(tree, mesh)
+  assert shardings["bias"].spec == P()
+  assert shardings["encoder"]["layer"]["kernel"].spec == P()  # fsdp=1: replicated
+
+
+def test_distributed_detection(monkeypatch):
+  for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_NTASKS",
+            "SLURM_STEP_NODELIST", "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(k, raising=False)
+  assert not parallel._is_multiprocess_environment()  # pylint: disable=protected-access
+  assert parallel.initialize_distributed("auto") is False
+  assert parallel.initialize_distributed("off") is False
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+  assert not parallel._is_multiprocess_environment()  # pylint: disable=protected-access
+  monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3")
+  assert parallel._is_multiprocess_environment()  # pylint: disable=protected-access
+  monkeypatch.delenv("TPU_WORKER_HOSTNAMES")
+  monkeypatch.setenv("SLURM_NTASKS", "4")
+  assert not parallel._is_multiprocess_environment()  # sbatch shell, not srun  # pylint: disable=protected-access
+  monkeypatch.setenv("SLURM_STEP_NODELIST", "node[1-4]")
+  assert parallel._is_multiprocess_environment()  # pylint: disable=protected-access
+  with pytest.raises(UserInputError, match="'auto', 'on' or 'off'"):
+    parallel.initialize_distributed("yes")
+
+
+# ----------------------------------------------------------------------------- accumulation
+
+
+def test_accumulated_micro_batches_equal_one_large_batch():
+  """Averaged gradients of k micro-batches == the gradient of the whole batch, for a
+  loss that is a mean over rows; metric sums add up; keys differ per micro-batch."""
+  from electra_jax import train  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.standard_normal((5, 3)), jnp.float32)}
+  batch = {"x": jnp.asarray(rng.standard_normal((12, 5)), jnp.float32),
+           "y": jnp.asarray(rng.standard_normal((12, 3)), jnp.float32)}
+  keys_seen = []
+
+  def grad_fn(p, b, key):
+    def loss(p):
+      return jnp.mean((b["x"] @ p["w"] - b["y"]) ** 2)
+    keys_seen.append(key)
+    return jax.grad(loss)(p), {"rows": jnp.asarray(b["x"].shape[0], jnp.float32),
+                               "x_sum": jnp.sum(b["x"])}
+
+  key = jax.random.key(3)
+  full_g, full_s = grad_fn(params, batch, key)
+  for k in (2, 3, 4):
+    g, s = jax.jit(lambda p, b, key, k=k: train.accumulate_gradients(grad_fn, p, b, key, k))(
+        params, batch, key)
+    np.testing.assert_allclose(g["w"], full_g["w"], rtol=1e-5, atol=1e-6)
+    assert float(s["rows"]) == 12.0
+    np.testing.assert_allclose(float(s["x_sum"]), float(full_s["x_sum"]), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- equivalence
+
+WORKER = pathlib.Path(__file__).with_name("parallel_run.py")
+
+
+def _run_worker(tmp_path, name, corpus_glob, cache_dir, data, fsdp, devices=1, env=None,
+                accum=1):
+  out = tmp_path / f"{name}.npz"
+  e = dict(os.environ)
+  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+  e.update(env or {})
+  cmd = [sys.executable, str(WORKER), str(out), str(tmp_path / name), corpus_glob, cache_dir,
+         str(data), str(fsdp), str(accum)]
+  return out, subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+
+
+def _wait(proc, what):
+  out, _ = proc.communicate(timeout=900)
+  assert proc.returncode == 0, f"{what} failed:\n{out[-3000:]}"
+  return out
+
+
+def _load(path):
+  with np.load(path) as f:
+    return {k: f[k] for k in f.files}
+
+
+def _assert_same_run(a, b, what):
+  assert int(a["__step"]) == int(b["__step"]) == 3
+  names = sorted(k for k in a if not k.startswith("__"))
+  assert names == sorted(k for k in b if not k.startswith("__"))
+  for k in names:
+    np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=2e-6, err_msg=f"{what}: {k}")
+  np.testing.assert_allclose(a["__eval_loss"], b["__eval_loss"], rtol=1e-5, err_msg=what)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, corpus_glob, cache_dir):
+  """One device, one process: what every parallel layout must reproduce."""
+  tmp = tmp_path_factory.mktemp("parallel")
+  out, proc = _run_worker(tmp, "reference", corpus_glob, cache_dir, data=-1, fsdp=1)
+  _wait(proc, "1-device run")
+  return tmp, _load(out)
+
+
+def test_eight_devices_data_and_fsdp_meshes_match_one_device(reference_run, corpus_glob,
+                                                             cache_dir):
+  tmp, ref = reference_run
+  runs = {}
+  for name, data, fsdp in [("data8", 8, 1), ("data2_fsdp4", 2, 4)]:
+    out, proc = _run_worker(tmp, name, corpus_glob, cache_dir, data, fsdp, devices=8)
+    log = _wait(proc, name)
+    assert f"mesh data {data} x fsdp {fsdp}" in log
+    runs[name] = _load(out)
+  assert int(runs["data8"]["__devices"]) == 8 and int(runs["data8"]["__sharded_leaves"]) == 0
+  assert int(runs["data2_fsdp4"]["__sharded_leaves"]) > 0  # the embedding tables at least
+  for name, run in runs.items():
+    _assert_same_run(ref, run, name)
+
+
+def test_two_processes_match_one_process(reference_run, corpus_glob, cache_dir):
+  """jax.distributed over 127.0.0.1: each process feeds its rows of the global batch."""
+  tmp, ref = reference_run
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  procs = []
+  for pid in range(2):
+    env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": str(pid)}
+    procs.append(_run_worker(tmp, "two_processes", corpus_glob, cache_dir, data=-1, fsdp=1,
+                             env=env))
+  for pid, (_, proc) in enumerate(procs):
+    _wait(proc, f"process {pid}")
+  run = _load(procs[0][0])
+  assert int(run["__processes"]) == 2 and int(run["__devices"]) == 2
+  _assert_same_run(ref, run, "2 processes")
+
+
+def test_config_checks_for_mesh_and_accumulation():
+  from electra_jax import train  # pylint: disable=g-import-not-at-top
+  from electra_jax.config import pretrain_config  # pylint: disable=g-import-not-at-top
+  c = pretrain_config("tiny")
+  c.train.grad_accum_steps = 3  # 32 rows do not split into 3 micro-batches
+  with pytest.raises(UserInputError, match="grad_accum_steps=3 must be positive and divide"):
+    train.validate_config(c)
+  c.train.grad_accum_steps = 4
+  train.validate_config(c)  # 8 rows per micro-batch on 1 device
+  c.mesh.fsdp = 2  # 2 x ? devices on a 1-device machine
+  with pytest.raises(UserInputError, match="does not divide the 1 devices"):
+    train.validate_config(c)
