@@ -16,6 +16,9 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -158,6 +161,34 @@ def read_workdir_config(workdir: str) -> tuple[dict, Tokenizer]:
         f"{tokenizer.fingerprint} but config.json records {want}; restore the original "
         f"vocab file")
   return saved, tokenizer
+
+
+def check_workdir_writable(workdir: str):
+  """Fails before training when the workdir cannot be created or written."""
+  if jax.process_index() != 0:
+    return
+  probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w", encoding="utf-8") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise UserInputError(f"workdir {workdir} is not writable ({e.strerror or e}); pass a "
+                         f"writable --workdir") from e
+
+
+def check_workdir_space(workdir: str, abstract_state, keep: int):
+  """Fails before training when the disk cannot hold the checkpoints to be kept."""
+  state_bytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+                    for x in jax.tree.leaves(abstract_state))
+  need = state_bytes * (keep + 1)  # kept checkpoints + the one being written
+  free = shutil.disk_usage(workdir).free
+  if free < need:
+    raise UserInputError(
+        f"workdir {workdir} has {free / 2**30:.2f} GiB free but {keep + 1} checkpoints of "
+        f"this model need {need / 2**30:.2f} GiB; free space or lower "
+        f"config.train.keep_checkpoints")
 
 
 def save_vocab(workdir: str, vocab_path: str) -> str:
@@ -371,8 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   parallel.initialize_distributed(config.distributed)  # before anything touches a device
   validate_config(config)
   workdir = os.path.abspath(workdir)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+  check_workdir_writable(workdir)
   t = config.train
   mesh = parallel.make_mesh(config.mesh)
 
@@ -399,30 +429,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ------------------------------------------------------------ checkpoints
   check_workdir_config(workdir, config, tokenizer.fingerprint)
   save_vocab(workdir, tokenizer.path)
-  manager = ocp.CheckpointManager(
-      os.path.join(workdir, "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints,
-                                           enable_async_checkpointing=True),
-      item_handlers={"state": ocp.StandardCheckpointHandler(),
-                     "data": grain.checkpoint.CheckpointHandler()})
-  start_step = manager.latest_step()
-  if start_step is None:
-    state = training.init_state(training.init_key)
-  else:
+  check_workdir_space(workdir, abstract_state, t.keep_checkpoints)
+
+  def open_manager():
+    return ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints,
+                                             enable_async_checkpointing=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
+
+  def restore(manager, step):
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract_state, state_sharding)
     items = {"state": ocp.args.StandardRestore(target)}
     # A checkpoint written by `electra_jax.hf import` has no 'data' item: the data
     # iterator then starts at the beginning.
-    if os.path.isdir(os.path.join(workdir, "checkpoints", str(start_step), "data")):
+    if os.path.isdir(os.path.join(workdir, "checkpoints", str(step), "data")):
       items["data"] = grain.checkpoint.CheckpointRestore(train_iter)
+    return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+  # The newest readable checkpoint wins; unreadable ones (a truncated or corrupted
+  # write) are reported by step, moved aside to checkpoints/corrupt-<step>, and the
+  # next older one is tried.  Orbax writes each checkpoint under a temporary name and
+  # renames it when complete, so a write killed midway is never listed at all.
+  manager = open_manager()
+  start_step, state, first_error = None, None, None
+  for step in sorted(manager.all_steps(), reverse=True):
     try:
-      restored = manager.restore(start_step, args=ocp.args.Composite(**items))
-    except (ValueError, KeyError, TypeError) as e:
-      raise UserInputError(
-          f"checkpoint {start_step} in {workdir}/checkpoints does not match this model config "
-          f"({str(e).splitlines()[0][:200]}); use the original config or a new --workdir") from e
-    state = restored["state"]
+      state, start_step = restore(manager, step), step
+      break
+    except Exception as e:  # pylint: disable=broad-except
+      first_error = first_error or (step, e)
+      if jax.process_index() == 0:
+        print(f"checkpoint {step} in {workdir}/checkpoints is unreadable "
+              f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+              f"moved to checkpoints/corrupt-{step}, trying the previous one", flush=True)
+        manager.close()
+        os.replace(os.path.join(workdir, "checkpoints", str(step)),
+                   os.path.join(workdir, "checkpoints", f"corrupt-{step}-{int(time.time())}"))
+        manager = open_manager()
+  if first_error and start_step is None:
+    step, e = first_error
+    raise UserInputError(
+        f"checkpoint {step} in {workdir}/checkpoints does not match this model config "
+        f"({str(e).splitlines()[0][:200]}); use the original config or a new --workdir") from e
+  if start_step is None:
+    state = training.init_state(training.init_key)
   start_step = int(start_step or 0)
 
   flops_per_step = flops.train_flops_per_step(config, tokenizer.vocab_size)["total"]
@@ -481,40 +534,118 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               "perf/compile_s": compile_s}
     return measure
 
-  while step < end:
-    tin = time.perf_counter()
-    batch = _device_batch(next(train_iter), batch_sharding)
-    input_s += time.perf_counter() - tin
-    state, sums = compiled(state, batch)  # asynchronous: the host runs ahead
-    step += 1
-    pending.append(sums)
-    if to_log is not None:  # the previous log step has finished by now: fetch it
-      _log_train(writer, *to_log)
-      to_log = None
-    writer.advance(step)
-    if step % t.log_every == 0 or step == end:
-      to_log = (step, pending, perf(step, input_s))
-      pending, input_s = [], 0.0
-    pause = time.perf_counter()
-    if step % t.eval_every == 0 or step == t.steps:
-      if to_log is not None:
+  preemption = _Preemption()
+  unchecked = []  # per-step device losses not yet checked to be finite
+
+  def check_finite(upto: int):
+    """Raises NonFiniteLossError if a step up to `upto` had a non-finite loss."""
+    losses = np.asarray(jax.device_get(unchecked), np.float64)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+      raise NonFiniteLossError(upto - len(losses) + 1 + int(bad[0]), losses[bad[0]],
+                               manager.latest_step(), workdir)
+    unchecked.clear()
+
+  try:
+    while step < end:
+      tin = time.perf_counter()
+      batch = _device_batch(next(train_iter), batch_sharding)
+      input_s += time.perf_counter() - tin
+      state, sums = compiled(state, batch)  # asynchronous: the host runs ahead
+      step += 1
+      pending.append(sums)
+      unchecked.append(sums["loss"])
+      if to_log is not None:  # the previous log step has finished by now: fetch it
         _log_train(writer, *to_log)
         to_log = None
+      writer.advance(step)
+      if step % t.log_every == 0 or step == end:
+        to_log = (step, pending, perf(step, input_s))
+        pending, input_s = [], 0.0
       pause = time.perf_counter()
+      if step % t.eval_every == 0 or step == t.steps:
+        if to_log is not None:
+          _log_train(writer, *to_log)
+          to_log = None
+        pause = time.perf_counter()
+        last_eval = evaluate(state.params)
+        writer.write(step, last_eval)
+      preempted = preemption.should_stop(step)
+      if step % t.checkpoint_every == 0 or step == end or preempted:
+        check_finite(step)  # never save a diverged state
+        save(step, state)
+      clock.pause(time.perf_counter() - pause)  # eval and checkpoint pauses don't count
+      if preempted:
+        manager.wait_until_finished()
+        if jax.process_index() == 0:
+          print(f"preempted: saved checkpoint {step} in {workdir}/checkpoints; rerun the "
+                f"same command to continue", flush=True)
+        break
+    if to_log is not None:
+      _log_train(writer, *to_log)
+    if not last_eval:  # stopped early, or resumed at the end: still report held-out metrics
       last_eval = evaluate(state.params)
       writer.write(step, last_eval)
-    if step % t.checkpoint_every == 0 or step == end:
-      save(step, state)
-    clock.pause(time.perf_counter() - pause)  # eval and checkpoint pauses don't count
-  if to_log is not None:
-    _log_train(writer, *to_log)
-  if not last_eval:  # stopped early, or resumed at the end: still report held-out metrics
-    last_eval = evaluate(state.params)
-    writer.write(step, last_eval)
-  manager.wait_until_finished()
-  manager.close()
-  writer.close()
+  except _NonFinite as e:  # a non-finite loss seen at a log step
+    raise NonFiniteLossError(e.step, e.value, manager.latest_step(), workdir) from None
+  finally:  # a save in flight completes whatever happens
+    preemption.restore()
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
   return last_eval
+
+
+class _NonFinite(Exception):
+  """A logged loss (the mean since the previous log) is not finite."""
+
+  def __init__(self, step: int, value: float):
+    super().__init__(step, value)
+    self.step, self.value = step, value
+
+
+class NonFiniteLossError(UserInputError):
+  """The training loss became NaN or infinite; nothing after the last good checkpoint
+  was saved."""
+
+  def __init__(self, step: int, value: float, last_good: int | None, workdir: str):
+    self.step = step
+    where = (f"the last good state is checkpoint {last_good} in {workdir}/checkpoints "
+             f"(a rerun resumes from it)" if last_good is not None
+             else "no checkpoint had been saved")
+    super().__init__(f"training loss became {value} at step {step}; {where}; lower "
+                     f"config.optim.learning_rate or check the data")
+
+
+class _Preemption:
+  """SIGTERM (spot/preemptible VMs, `kill`) asks the loop to checkpoint and stop.
+
+  On several processes JAX's preemption sync point makes every process stop at the
+  same step (a signal reaches hosts at different times).
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      try:
+        return bool(multihost_utils.reached_preemption_sync_point(step))
+      except RuntimeError:  # no preemption service: fall back to this host's signal
+        return self.requested
+    return self.requested
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
 
 class _Throughput:
@@ -549,8 +680,7 @@ def _log_train(writer: MetricWriter, step: int, pending,
   host.pop("learning_rate")
   metrics = objective.finalize_metrics(host)
   if not math.isfinite(metrics["loss"]):
-    raise FloatingPointError(f"training loss became {metrics['loss']} by step {step}; "
-                             "lower config.optim.learning_rate or check the data")
+    raise _NonFinite(step, metrics["loss"])
   scalars = {f"train/{k}": v for k, v in metrics.items()}
   scalars.update({"train/grad_norm": grad_norm, "train/learning_rate": lr})
   scalars.update(perf())
