@@ -130,7 +130,8 @@ def _read_json(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (OSError, ValueError) as e:
-    raise UserInputError(f"cannot read {path} ({e}); is it a pretraining workdir?") from e
+    raise UserInputError(f"cannot read {path} ({e}); delete that seed's directory to rerun "
+                         f"it") from e
 
 
 def _is_pretraining_workdir(path: str) -> bool:
