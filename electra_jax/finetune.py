@@ -40,6 +40,9 @@ The workdir receives
                            such as SST-2.tsv / MNLI-m.tsv, or <split>.tsv for
                            other tasks);
   predictions/             a copy of the best seed's (by the main dev metric).
+The workdir and config.init may be local or gs://BUCKET/PATH (read and written through
+etils.epath, like pretraining's; checkpoints through orbax); a Hugging Face init must
+be local.
 """
 
 import dataclasses
@@ -56,12 +59,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from electra_jax import optim
 from electra_jax import task_metrics
 from electra_jax import tasks
 from electra_jax import train
+from electra_jax import workdir as workdir_io
 from electra_jax.errors import UserInputError
 from electra_jax.model import (SIZES, ElectraEncoder, EncoderConfig, encoder_config_from,
                                encoder_params_from_pretraining, encoder_restore_target)
@@ -127,22 +132,21 @@ def example_losses(outputs: jnp.ndarray, labels: jnp.ndarray, is_regression: boo
 
 def _read_json(path: str) -> dict:
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(epath.Path(path).read_text(encoding="utf-8"))
   except (OSError, ValueError) as e:
     raise UserInputError(f"cannot read {path} ({e}); delete that seed's directory to rerun "
                          f"it") from e
 
 
 def _is_pretraining_workdir(path: str) -> bool:
-  return (os.path.isfile(os.path.join(path, "config.json"))
-          and os.path.isdir(os.path.join(path, "checkpoints")))
+  return ((epath.Path(path) / "config.json").is_file()
+          and epath.Path(workdir_io.checkpoint_dir(path)).is_dir())
 
 
 def _is_hf_export(path: str) -> bool:
-  return (os.path.isdir(os.path.join(path, "discriminator"))
-          or os.path.isfile(os.path.join(path, "model.safetensors"))
-          or os.path.isfile(os.path.join(path, "pytorch_model.bin")))
+  p = epath.Path(path)
+  return ((p / "discriminator").is_dir() or (p / "model.safetensors").is_file()
+          or (p / "pytorch_model.bin").is_file())
 
 
 def load_init(init_path: str) -> tuple[EncoderConfig, dict[str, Any], Tokenizer]:
@@ -156,13 +160,14 @@ def load_init(init_path: str) -> tuple[EncoderConfig, dict[str, Any], Tokenizer]
     * a Hugging Face directory (an `electra_jax.hf export` root holding
       discriminator/, or a model dir with config.json and model.safetensors), read by
       `electra_jax.hf.load_encoder`.
-  Any other layout is a UserInputError.
+  INIT_PATH may be local or a URL (gs://bucket/run), read through etils.epath; a Hugging
+  Face directory must be local.  Any other layout is a UserInputError.
   """
-  path = os.path.abspath(os.path.expanduser(init_path))
-  if not os.path.exists(path):
+  path = workdir_io.resolve(init_path)
+  if not epath.Path(path).exists():
     raise UserInputError(f"config.init={init_path} does not exist; pass a pretraining "
                          f"workdir, or '' for random init")
-  if not os.path.isdir(path):
+  if not epath.Path(path).is_dir():
     raise UserInputError(f"config.init={init_path} is a file; pass a pretraining workdir "
                          f"(with config.json, vocab/ and checkpoints/)")
   if _is_pretraining_workdir(path):
@@ -177,7 +182,10 @@ def load_init(init_path: str) -> tuple[EncoderConfig, dict[str, Any], Tokenizer]
 
 def _load_pretraining_workdir(path: str):
   saved, tokenizer = train.read_workdir_config(path)
-  cfg = encoder_config_from(saved["model"], tokenizer.vocab_size)
+  # The pretraining run's remat and dtype say how it computed, not what the model is:
+  # fine-tuning makes its own choices (EncoderConfig's defaults, config.dtype).
+  model = {k: v for k, v in saved["model"].items() if k not in ("remat", "dtype")}
+  cfg = encoder_config_from(model, tokenizer.vocab_size)
   sharing = saved["model"].get("embedding_sharing", "tied")
   step, params = train.restore_params(path, encoder_restore_target(cfg, sharing))
   params = encoder_params_from_pretraining(params)  # folds a gdes embedding delta in
@@ -309,7 +317,7 @@ def resolve_settings(config, spec: tasks.TaskSpec, cfg: EncoderConfig,
       task=spec.name,
       data_dir=(config.data_dir if config.data_dir == TFDS
                 else os.path.abspath(config.data_dir)),
-      init=os.path.abspath(config.init) if config.init else "",
+      init=_init_setting(config.init),
       model_size=size or "custom", num_layers=cfg.num_layers, learning_rate=float(lr),
       layerwise_lr_decay=float(decay),
       layerwise_decay_compat=bool(config.layerwise_decay_compat), epochs=float(epochs),
@@ -318,6 +326,13 @@ def resolve_settings(config, spec: tasks.TaskSpec, cfg: EncoderConfig,
       max_seq_length=config.max_seq_length, weight_decay=float(config.weight_decay),
       clip_norm=float(config.clip_norm), dropout=float(config.dropout),
       attention_dropout=float(config.attention_dropout), dtype=config.dtype)
+
+
+def _init_setting(init: str) -> str:
+  """config.init as results.json records it: absolute when local, a URL as given."""
+  if not init:
+    return ""
+  return workdir_io.resolve(init) if workdir_io.is_remote(init) else os.path.abspath(init)
 
 
 def make_optimizer(s: Settings, params) -> tuple[optax.GradientTransformation,
@@ -491,15 +506,28 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 
 def _write_json(path: str, data) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(data, f, indent=2, sort_keys=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  workdir_io.write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _relative(path: str, start: str) -> str:
+  """PATH relative to its ancestor START (local paths or URLs)."""
+  return os.fspath(epath.Path(path).relative_to(epath.Path(start)))
+
+
+def _remove_tree(path: str) -> None:
+  """Removes directory PATH and its contents, if it exists (local or on an object store)."""
+  if not workdir_io.is_remote(path):
+    shutil.rmtree(path, ignore_errors=True)
+  elif epath.Path(path).exists():
+    epath.Path(path).rmtree()
 
 
 def _replace_dir(src: str, dest: str) -> None:
-  """Copies directory `src` to `dest` atomically (build beside it, then rename)."""
+  """Copies directory `src` to `dest`: locally atomically (built beside it, then renamed);
+  on an object store, which cannot rename a directory, file by file (each whole)."""
+  if workdir_io.is_remote(dest):
+    _replace_remote_dir(src, dest)
+    return
   tmp = f"{dest}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   shutil.copytree(src, tmp)
@@ -508,6 +536,17 @@ def _replace_dir(src: str, dest: str) -> None:
     os.replace(dest, old)
   os.replace(tmp, dest)
   shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_remote_dir(src: str, dest: str) -> None:
+  """Copies the files directly in `src` to `dest` and removes `dest`'s other files."""
+  names = sorted(f.name for f in epath.Path(src).iterdir())
+  for name in names:
+    workdir_io.copy_atomic(epath.Path(src) / name, epath.Path(dest) / name)
+  if epath.Path(dest).is_dir():
+    for old in epath.Path(dest).iterdir():
+      if old.name not in names:
+        old.unlink()
 
 
 # ----------------------------------------------------------------------------- main
@@ -569,10 +608,9 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
   s = resolve_settings(config, spec, cfg, num_train)
   settings = dataclasses.asdict(s)
 
-  workdir = os.path.abspath(workdir)
+  workdir = workdir_io.resolve(workdir)  # gs://... stays as it is
   is_main = jax.process_index() == 0  # only process 0 writes files
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
+  train.check_workdir_writable(workdir)  # creates it (process 0)
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
@@ -628,7 +666,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
   for seed in seeds:
     seed_dir = os.path.join(workdir, f"seed_{seed}")
     done_path = os.path.join(seed_dir, "metrics.json")
-    if os.path.exists(done_path):
+    if epath.Path(done_path).exists():
       done = _read_json(done_path)
       if done.get("settings") != json.loads(json.dumps(settings)):
         raise UserInputError(
@@ -638,7 +676,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
       per_seed[str(seed)] = done
       continue
     if is_main:
-      os.makedirs(seed_dir, exist_ok=True)
+      epath.Path(seed_dir).mkdir(parents=True, exist_ok=True)
     _check_seed_settings(seed_dir, settings, is_main)
     manager = _checkpoint_manager(seed_dir)
     try:  # closing the manager completes a save in flight, also on an error
@@ -697,13 +735,13 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
         else:
           files.append(tasks.write_predictions(spec, guids, outputs,
                                                os.path.join(pred_dir, f"{split}.tsv")))
-    result["predictions"] = [os.path.relpath(f, seed_dir) for f in files]
+    result["predictions"] = [_relative(f, seed_dir) for f in files]
     result["settings"] = settings
     writer.close()
     if is_main:
       _write_json(done_path, result)
       if not config.keep_final_checkpoint:
-        shutil.rmtree(os.path.join(seed_dir, "checkpoints"), ignore_errors=True)
+        _remove_tree(workdir_io.checkpoint_dir(seed_dir))
     per_seed[str(seed)] = result
     print(f"seed {seed}: " + "; ".join(
         f"{split} " + " ".join(f"{k}={v:.4f}" for k, v in result[split].items())
@@ -720,21 +758,21 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
 def _check_seed_settings(seed_dir: str, settings: dict, is_main: bool) -> None:
   """Records the settings a seed's run starts with; refuses to resume under others."""
   path = os.path.join(seed_dir, "settings.json")
-  if os.path.exists(path):
+  if epath.Path(path).exists():
     if _read_json(path) != json.loads(json.dumps(settings)):
       raise UserInputError(
           f"{seed_dir} holds an unfinished run with different settings; use a new "
           f"--workdir (or delete {seed_dir})")
   elif is_main:
     # A seed dir without settings.json (an old layout) cannot be resumed safely.
-    shutil.rmtree(os.path.join(seed_dir, "checkpoints"), ignore_errors=True)
+    _remove_tree(workdir_io.checkpoint_dir(seed_dir))
     _write_json(path, settings)
 
 
 def _checkpoint_manager(seed_dir: str):
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   return ocp.CheckpointManager(
-      os.path.join(seed_dir, "checkpoints"),
+      workdir_io.checkpoint_dir(seed_dir),
       options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True),
       item_handlers={"state": ocp.StandardCheckpointHandler()})
 

@@ -9,9 +9,9 @@
 files, so `transformers` loads them offline with `from_pretrained`.  Shared ('tied')
 embeddings are written into both; with 'gdes' the discriminator gets shared + delta and
 the generator the shared block.  Only objectives with a replaced-token head (electra,
-electra_15) export; fine-tune other objectives' workdirs directly.  DIR is written to a
-temporary directory and renamed at the end, so a failure never leaves a complete-looking
-export.
+electra_15) export; fine-tune other objectives' workdirs directly.  PRETRAIN_WORKDIR may
+be local or gs://BUCKET/PATH; DIR is local, written to a temporary directory and renamed
+at the end, so a failure never leaves a complete-looking export.
 
 `import` turns an HF ELECTRA discriminator checkpoint (and optionally a generator)
 into a pretraining workdir: config.json, vocab/ and checkpoints/0/ holding
@@ -36,7 +36,9 @@ import tempfile
 from typing import Any, Mapping
 
 import numpy as np
+from etils import epath
 
+from electra_jax import workdir as workdir_io
 from electra_jax.errors import UserInputError
 
 SUBDIRS = ('discriminator', 'generator')
@@ -277,6 +279,9 @@ def _read_json(path: str) -> dict:
 
 def model_dir(path: str, role: str = 'discriminator') -> str:
   """The model directory inside an HF path: PATH itself, or PATH/<role> of an export."""
+  if workdir_io.is_remote(path):
+    raise UserInputError(f'Hugging Face directory {path} must be local; copy it first '
+                         f'(e.g. gsutil -m cp -r {path} .)')
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(path):
     raise UserInputError(f'Hugging Face directory {path} does not exist')
@@ -415,16 +420,21 @@ def write_tokenizer(tokenizer, dest: str, max_len: int):
   ids = {k: tokenizer.token_to_id(v) for k, v in specials.items()}
   config = dict(specials, model_max_length=max_len)
   if tokenizer.kind == 'wordpiece':
-    shutil.copyfile(tokenizer.path, os.path.join(dest, 'vocab.txt'))
+    _copy_vocab(tokenizer.path, os.path.join(dest, 'vocab.txt'))
     config.update(tokenizer_class='ElectraTokenizer', do_lower_case=tokenizer.lower_case,
                   tokenize_chinese_chars=tokenizer.split_cjk, strip_accents=None)
   else:
     name = os.path.basename(tokenizer.path)
-    shutil.copyfile(tokenizer.path, os.path.join(dest, name))
+    _copy_vocab(tokenizer.path, os.path.join(dest, name))
     config.update(vocab_file=name)
   config['special_token_ids'] = {k.replace('_token', '_token_id'): v for k, v in ids.items()}
   _write_json(os.path.join(dest, 'tokenizer_config.json'), config)
   _write_json(os.path.join(dest, 'special_tokens_map.json'), specials)
+
+
+def _copy_vocab(src: str, dest: str):
+  """Copies a vocab file, which may sit in a gs:// workdir, to the local file `dest`."""
+  epath.Path(src).copy(dest, overwrite=True)  # shutil.copyfile when `src` is local
 
 
 def _write_json(path: str, obj):
@@ -454,13 +464,14 @@ _EXPORTABLE_OBJECTIVES = ('electra', 'electra_15')
 def read_workdir(path: str) -> Workdir:
   """The latest checkpoint's params (numpy) and the model shape of a pretraining workdir.
 
-  Only workdirs of an objective with a replaced-token head (electra, electra_15) can be
-  exported; any other is a UserInputError before the checkpoint is read.
+  PATH may be local or a URL (gs://bucket/run).  Only workdirs of an objective with a
+  replaced-token head (electra, electra_15) can be exported; any other is a
+  UserInputError before the checkpoint is read.
   """
   from electra_jax import train  # pylint: disable=g-import-not-at-top
   from electra_jax.model import (ElectraPretrainingModel, abstract_params,  # pylint: disable=g-import-not-at-top
                                  encoder_config_from, generator_config)
-  path = os.path.abspath(os.path.expanduser(path))
+  path = workdir_io.resolve(path)  # gs://... stays as it is
   saved, tokenizer = train.read_workdir_config(path)
   objective = saved.get('objective', 'electra')
   if objective not in _EXPORTABLE_OBJECTIVES:
@@ -496,7 +507,10 @@ def hf_tensors(params, disc, gen, embedding_sharing: str) -> dict[str, dict[str,
 
 
 def _new_dir(path: str, flag: str) -> str:
-  """The absolute PATH of a directory to create; refuses an existing one."""
+  """The absolute PATH of a local directory to create; refuses an existing one."""
+  if workdir_io.is_remote(path):
+    raise UserInputError(f'--{flag}={path} must be a local directory; copy it to its '
+                         f'bucket afterwards (e.g. gsutil -m cp -r)')
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.exists(path):
     raise UserInputError(f'--{flag}={path} already exists; pass a new directory')
@@ -534,7 +548,7 @@ def export(workdir: str, output_dir: str) -> str:
       _write_json(os.path.join(dest, 'config.json'), hf_config(cfg, arch, w.tokenizer.pad_id))
       save_file(tensors[role], os.path.join(dest, _SAFETENSORS), metadata={'format': 'pt'})
       write_tokenizer(w.tokenizer, dest, cfg.max_position_embeddings)
-  print(f'exported checkpoint {w.step} of {os.path.abspath(workdir)} to {output_dir}/'
+  print(f'exported checkpoint {w.step} of {workdir_io.resolve(workdir)} to {output_dir}/'
         f'{{discriminator,generator}}', flush=True)
   return output_dir
 

@@ -28,12 +28,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from jax.sharding import Mesh
 
 from electra_jax import flops
 from electra_jax import objective
 from electra_jax import optim
 from electra_jax import parallel
+from electra_jax import workdir as workdir_io
 from electra_jax.errors import UserInputError
 from electra_jax.model import (EMBEDDING_SHARING, OBJECTIVES, ElectraPretrainingModel,
                                count_params, discriminator_param_count, encoder_config_from,
@@ -51,6 +53,9 @@ class TrainState:
 
 # Config sections that must not change when resuming from a workdir's checkpoint.
 _FROZEN_ON_RESUME = ("objective", "model", "pretrain.mask_prob", "data.max_seq_length")
+# Keys of those sections that may change on resume: how the same math is computed
+# (e.g. turn on remat or bf16 after an out-of-memory error), not what is computed.
+_FREE_ON_RESUME = ("model.remat", "model.dtype")
 
 
 def validate_config(config: ml_collections.ConfigDict):
@@ -110,23 +115,19 @@ def _get(config, dotted):
 
 def check_workdir_config(workdir: str, config, vocab_fingerprint: str):
   """Writes config.json on a fresh workdir; on resume refuses a different model/data setup."""
-  path = os.path.join(workdir, "config.json")
+  path = epath.Path(workdir) / "config.json"
   current = json.loads(config.to_json_best_effort())
   current["vocab_fingerprint"] = vocab_fingerprint
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
+  if path.exists():
+    saved = json.loads(path.read_text(encoding="utf-8"))
     for key in _FROZEN_ON_RESUME + ("vocab_fingerprint",):
-      old, new = _lookup(saved, key), _lookup(current, key)
+      old, new = _frozen_part(saved, key), _frozen_part(current, key)
       if old != new:
         raise UserInputError(
             f"workdir {workdir} holds a run with {key}={json.dumps(old)} but the config now has "
             f"{json.dumps(new)}; resume with the original settings or use a new --workdir")
   if jax.process_index() == 0:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    workdir_io.write_text_atomic(path, json.dumps(current, indent=2, sort_keys=True))
 
 
 def read_workdir_config(workdir: str) -> tuple[dict, Tokenizer]:
@@ -135,25 +136,24 @@ def read_workdir_config(workdir: str) -> tuple[dict, Tokenizer]:
   Checks what every reader of a finished run relies on: config.json parses and has a
   'model' section, checkpoints/ exists, and the vocab matches the recorded fingerprint.
   """
-  path = os.path.abspath(os.path.expanduser(workdir))
-  config_path = os.path.join(path, "config.json")
-  if not (os.path.isfile(config_path) and os.path.isdir(os.path.join(path, "checkpoints"))):
+  path = workdir_io.resolve(workdir)
+  config_path = epath.Path(path) / "config.json"
+  if not (config_path.is_file() and epath.Path(workdir_io.checkpoint_dir(path)).is_dir()):
     raise UserInputError(f"{path} is not a pretraining workdir (expected config.json and "
                          f"checkpoints/ from electra_jax.train)")
   try:
-    with open(config_path, encoding="utf-8") as f:
-      saved = json.load(f)
+    saved = json.loads(config_path.read_text(encoding="utf-8"))
   except (OSError, ValueError) as e:
     raise UserInputError(f"cannot read {config_path} ({e}); is it a pretraining workdir?") from e
   if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
     raise UserInputError(f"{config_path} has no 'model' section; is it a pretraining workdir?")
-  vocab_dir = os.path.join(path, "vocab")
-  files = sorted(f for f in os.listdir(vocab_dir) if not f.endswith(".tmp")) \
-      if os.path.isdir(vocab_dir) else []
+  vocab_dir = epath.Path(path) / "vocab"
+  files = sorted(f.name for f in vocab_dir.iterdir()
+                 if not f.name.endswith(workdir_io.TMP_SUFFIX)) if vocab_dir.is_dir() else []
   if not files:
     raise UserInputError(f"pretraining workdir {path} has no vocab/ file; it was not "
                          f"written by electra_jax.train, or is incomplete")
-  tokenizer = load_tokenizer(os.path.join(vocab_dir, files[0]))
+  tokenizer = load_tokenizer(os.fspath(vocab_dir / files[0]))  # reads through epath
   want = saved.get("vocab_fingerprint")
   if want and tokenizer.fingerprint != want:
     raise UserInputError(
@@ -167,19 +167,27 @@ def check_workdir_writable(workdir: str):
   """Fails before training when the workdir cannot be created or written."""
   if jax.process_index() != 0:
     return
-  probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+  probe = epath.Path(workdir) / f".write-test-{os.getpid()}"
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, "w", encoding="utf-8") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise UserInputError(f"workdir {workdir} is not writable ({e.strerror or e}); pass a "
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok", encoding="utf-8")
+    probe.unlink()
+  except Exception as e:  # pylint: disable=broad-except
+    # Not only OSError: object-store clients raise their own types (HTTP 403, no bucket).
+    raise UserInputError(f"workdir {workdir} is not writable ({_one_line(e)}); pass a "
                          f"writable --workdir") from e
+
+
+def _one_line(e: Exception) -> str:
+  """An exception as one short line (object-store errors often span several)."""
+  text = getattr(e, "strerror", None) or str(e).strip() or type(e).__name__
+  return text.splitlines()[0][:200]
 
 
 def check_workdir_space(workdir: str, abstract_state, keep: int):
   """Fails before training when the disk cannot hold the checkpoints to be kept."""
+  if workdir_io.is_remote(workdir):
+    return  # an object store (gs://) has no free-space figure to check against
   state_bytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
                     for x in jax.tree.leaves(abstract_state))
   need = state_bytes * (keep + 1)  # kept checkpoints + the one being written
@@ -193,22 +201,17 @@ def check_workdir_space(workdir: str, abstract_state, keep: int):
 
 def save_vocab(workdir: str, vocab_path: str) -> str:
   """Copies the vocab into WORKDIR/vocab/ so the run is self-contained (fine-tune, export)."""
-  dest_dir = os.path.join(workdir, "vocab")
-  dest = os.path.join(dest_dir, os.path.basename(vocab_path))
-  if jax.process_index() == 0 and not os.path.exists(dest):
-    from etils import epath  # pylint: disable=g-import-not-at-top
-    os.makedirs(dest_dir, exist_ok=True)
-    tmp = dest + ".tmp"
-    epath.Path(vocab_path).copy(tmp, overwrite=True)
-    os.replace(tmp, dest)
-  return dest
+  dest = epath.Path(workdir) / "vocab" / epath.Path(vocab_path).name
+  if jax.process_index() == 0 and not dest.exists():
+    workdir_io.copy_atomic(vocab_path, dest)
+  return os.fspath(dest)
 
 
 def save_state(workdir: str, state: TrainState):
   """Writes `state` as WORKDIR/checkpoints/<step>/state, the layout train_and_evaluate
   resumes from (without a 'data' item: the input pipeline then starts at the beginning)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+  manager = ocp.CheckpointManager(workdir_io.checkpoint_dir(workdir),
                                   item_handlers={"state": ocp.StandardCheckpointHandler()})
   manager.save(int(state.step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
   manager.wait_until_finished()
@@ -223,9 +226,9 @@ def restore_params(workdir: str, abstract_params) -> tuple[int, Any]:
   Raises UserInputError when there is no checkpoint or its tensors do not fit.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  steps = [int(d) for d in os.listdir(ckpt_dir)
-           if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d, "state"))]
+  ckpt_dir = workdir_io.checkpoint_dir(workdir)
+  listed = list(epath.Path(ckpt_dir).iterdir()) if epath.Path(ckpt_dir).is_dir() else []
+  steps = [int(d.name) for d in listed if d.name.isdigit() and (d / "state").is_dir()]
   if not steps:
     raise UserInputError(f"no checkpoint in {ckpt_dir}; pretrain first (electra_jax.train "
                          f"writes checkpoints/<step>/)")
@@ -234,7 +237,7 @@ def restore_params(workdir: str, abstract_params) -> tuple[int, Any]:
                                    abstract_params)}
   try:
     restored = ocp.PyTreeCheckpointer().restore(
-        os.path.join(ckpt_dir, str(step), "state"),
+        os.fspath(epath.Path(ckpt_dir) / str(step) / "state"),
         args=ocp.args.PyTreeRestore(
             item=target, partial_restore=True,
             restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
@@ -250,6 +253,15 @@ def restore_params(workdir: str, abstract_params) -> tuple[int, Any]:
           f"checkpoint {step} in {ckpt_dir} holds a tensor of shape {np.shape(got)} where "
           f"its config.json and vocab give {want.shape}; the vocab does not match")
   return step, params
+
+
+def _frozen_part(tree, dotted):
+  """`tree`'s value at `dotted`, without the keys of _FREE_ON_RESUME below it."""
+  value = _lookup(tree, dotted)
+  if isinstance(value, dict):
+    free = {k[len(dotted) + 1:] for k in _FREE_ON_RESUME if k.startswith(dotted + ".")}
+    value = {k: v for k, v in value.items() if k not in free}
+  return value
 
 
 def _lookup(tree, dotted):
@@ -401,7 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ------------------------------------------------------------------ setup
   parallel.initialize_distributed(config.distributed)  # before anything touches a device
   validate_config(config)
-  workdir = os.path.abspath(workdir)
+  workdir = workdir_io.resolve(workdir)  # gs://... stays as it is
   check_workdir_writable(workdir)
   t = config.train
   mesh = parallel.make_mesh(config.mesh)
@@ -431,9 +443,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   save_vocab(workdir, tokenizer.path)
   check_workdir_space(workdir, abstract_state, t.keep_checkpoints)
 
+  ckpt_dir = epath.Path(workdir_io.checkpoint_dir(workdir))
+
   def open_manager():
     return ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"),
+        os.fspath(ckpt_dir),
         options=ocp.CheckpointManagerOptions(max_to_keep=t.keep_checkpoints,
                                              enable_async_checkpointing=True),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -445,7 +459,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     items = {"state": ocp.args.StandardRestore(target)}
     # A checkpoint written by `electra_jax.hf import` has no 'data' item: the data
     # iterator then starts at the beginning.
-    if os.path.isdir(os.path.join(workdir, "checkpoints", str(step), "data")):
+    if (ckpt_dir / str(step) / "data").is_dir():
       items["data"] = grain.checkpoint.CheckpointRestore(train_iter)
     return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
@@ -466,8 +480,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
               f"moved to checkpoints/corrupt-{step}, trying the previous one", flush=True)
         manager.close()
-        os.replace(os.path.join(workdir, "checkpoints", str(step)),
-                   os.path.join(workdir, "checkpoints", f"corrupt-{step}-{int(time.time())}"))
+        (ckpt_dir / str(step)).rename(ckpt_dir / f"corrupt-{step}-{int(time.time())}")
         manager = open_manager()
   if first_error and start_step is None:
     step, e = first_error

@@ -98,12 +98,27 @@ def test_resume_matches_uninterrupted_run(tiny_config, corpus_glob, cache_dir, t
 
 
 def test_resume_refuses_a_different_model(tiny_config, corpus_glob, cache_dir, tmp_path):
-  config = tiny_config(corpus_glob, cache_dir, steps=2, log_every=1, eval_every=100,
-                       checkpoint_every=1)
+  # 8 steps stopped after 2: the program test_resume_matches_uninterrupted_run compiles.
+  config = tiny_config(corpus_glob, cache_dir, steps=8, log_every=1, eval_every=100,
+                       checkpoint_every=1, stop_at=2)
   train.train_and_evaluate(config, str(tmp_path / "run"))
   config.model.hidden_size = 128
   with pytest.raises(UserInputError, match="model"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_resume_may_change_remat_and_dtype_but_not_the_model(tmp_path):
+  """How the step is computed may change on resume (remat, bf16); the model may not."""
+  config = pretrain_config("tiny")
+  train.check_workdir_config(str(tmp_path), config, "vocab-fp")
+  config.model.remat, config.model.dtype = "full", "bfloat16"
+  train.check_workdir_config(str(tmp_path), config, "vocab-fp")  # accepted
+  config.model.num_layers = 3
+  with pytest.raises(UserInputError, match="model="):
+    train.check_workdir_config(str(tmp_path), config, "vocab-fp")
+  config.model.num_layers = pretrain_config("tiny").model.num_layers
+  with pytest.raises(UserInputError, match="vocab_fingerprint"):
+    train.check_workdir_config(str(tmp_path), config, "another-vocab")
 
 
 def test_config_checks():
