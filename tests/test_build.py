@@ -4,7 +4,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 
+from array_record.python import array_record_module
 from etils import epath
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import tensorflow_datasets as tfds
 from electra_jax import tokenization
 from electra_jax.data import build
 from electra_jax.data import dataset
+from electra_jax.data import records
 from electra_jax.data import vocab as vocab_lib
 from electra_jax.errors import UserInputError
 
@@ -186,7 +189,8 @@ def test_validation_split_is_disjoint_by_documents(built):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_identical_for_any_number_of_workers(built, corpus, tmp_path,
                                              workers):
-  # `built` ran in-process (num_workers=0).
+  # `built` ran in-process (num_workers=0); these workers are spawned (this
+  # process has JAX loaded).  test_cli_builds_with_sentencepiece forks them.
   out = tmp_path / "ds2"
   build_at(corpus, out, num_workers=workers)
   other = dataset.open_dataset(str(out))
@@ -204,6 +208,29 @@ def test_identical_for_any_number_of_workers(built, corpus, tmp_path,
     with open(os.path.join(built.path, n), "rb") as f1, open(
         os.path.join(other.path, n), "rb") as f2:
       assert f1.read() == f2.read()
+
+
+def test_workers_are_forked_only_where_that_is_safe(monkeypatch):
+  start = build._start_method  # pylint: disable=protected-access
+  assert "jax" in sys.modules  # tests/conftest.py imports it.
+  assert start(True, True) == "spawn"
+  for name in ("jax", "tensorflow", "torch"):
+    monkeypatch.delitem(sys.modules, name, raising=False)
+  fork = "fork" if sys.platform == "linux" else "spawn"
+  # The thread count when electra_jax.data.build was imported is the norm.
+  monkeypatch.setattr(build, "_THREADS_AT_IMPORT", build._os_threads())  # pylint: disable=protected-access
+  if threading.active_count() == 1:
+    assert start(True, True) == fork
+  assert start(False, True) == "spawn"  # Not asked (library callers).
+  assert start(True, False) == "spawn"  # tfds input.
+  stop = threading.Event()
+  other = threading.Thread(target=stop.wait)
+  other.start()
+  try:
+    assert start(True, True) == "spawn"
+  finally:
+    stop.set()
+    other.join()
 
 
 def test_seed_changes_the_examples(corpus, tmp_path, built):
@@ -351,6 +378,121 @@ def test_failure_leaves_nothing(corpus, tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == []
 
 
+def record_files(ds):
+  """{file name: bytes} of a built dataset's ArrayRecord files."""
+  return {n: open(os.path.join(ds.path, n), "rb").read()
+          for n in sorted(os.listdir(ds.path)) if ".array_record" in n}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_several_shards_read_back_in_order(built, corpus, tmp_path,
+                                           monkeypatch, workers):
+  # tfds only shards splits of 128 MiB or more; force 3 shards (at most one
+  # per example).
+  monkeypatch.setattr(build, "_num_shards", lambda num_bytes, n: min(3, n))
+  out = tmp_path / "sharded"
+  build_at(corpus, out, num_workers=workers)
+  other = dataset.open_dataset(str(out))
+  assert other.metadata == built.metadata
+  for split in ("train", "validation"):
+    names = sorted(n for n in record_files(other) if f"-{split}." in n)
+    assert [n[-len("00000-of-00003"):] for n in names] == [
+        f"0000{i}-of-00003" for i in range(3)]
+    info = tfds.builder_from_directory(other.path).info.splits[split]
+    lengths = [array_record_module.ArrayRecordReader(
+        os.path.join(other.path, n)).num_records() for n in names]
+    assert lengths == list(info.shard_lengths)
+    assert sum(lengths) == len(built.sources[split])
+    assert max(lengths) - min(lengths) <= 1  # tfds' even boundaries.
+    a = all_examples(built.sources[split])
+    b = all_examples(other.sources[split])
+    for k in dataset.FEATURES:
+      np.testing.assert_array_equal(a[k], b[k])
+  # Same bytes with and without worker processes.
+  if workers:
+    build_at(corpus, tmp_path / "sharded0", num_workers=0)
+    same = dataset.open_dataset(str(tmp_path / "sharded0"))
+    assert record_files(same) == record_files(other)
+
+
+def test_records_are_what_tfds_writes():
+  from tensorflow_datasets.core import example_serializer  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(5)
+  for length, low, high in ((8, 0, 200), (128, 0, 30522), (40, -3, 2**31 - 1)):
+    features = dataset.features(length)
+    serializer = example_serializer.ExampleSerializer(
+        features.get_serialized_info())
+    ex = {k: rng.integers(low, high, (300, length)).astype(np.int32)
+          for k in dataset.FEATURES}
+    ex["input_ids"][0, :] = 2**31 - 1  # The longest non-negative varints.
+    data, offsets = records.encode_examples(ex)
+    assert offsets[0] == 0 and offsets[-1] == len(data)
+    ours = [data[offsets[i]:offsets[i + 1]] for i in range(300)]
+    theirs = []
+    for i in range(300):
+      proto = serializer.get_tf_example(
+          features.encode_example({k: v[i] for k, v in ex.items()}))
+      assert ours[i] == proto.SerializeToString(deterministic=True), i
+      theirs.append(proto.SerializeToString())  # Some map order.
+    for recs in (ours, theirs):
+      back = records.decode_examples(recs, dataset.FEATURES, length)
+      for k in dataset.FEATURES:
+        np.testing.assert_array_equal(back[k], ex[k])
+  # Anything else is refused, so readers can fall back to tfds' parser.
+  with pytest.raises(ValueError):
+    records.decode_examples(ours, dataset.FEATURES, length + 1)
+  with pytest.raises(ValueError):
+    records.decode_examples([ours[0][:-1]], dataset.FEATURES, length)
+  with pytest.raises(ValueError):
+    records.decode_examples([b"\x0a\x02\x08\x01"], dataset.FEATURES, 8)
+  with pytest.raises(ValueError):
+    records.encode_examples({"x": np.zeros((2, 0), np.int32)})
+
+
+class NotExamples:
+  """Raw records that are not tf.train.Examples."""
+
+  def __getitems__(self, indices):
+    return [b"not a record"] * len(indices)
+
+
+class FakeTfdsSource:
+  """A tfds-like data source: decoded rows, and raw records (`data_source`)."""
+
+  def __init__(self, rows):
+    self.rows = rows
+    self.data_source = NotExamples()
+
+  def __len__(self):
+    return len(self.rows)
+
+  def __getitem__(self, i):
+    return self.rows[i]
+
+  def __getitems__(self, indices):
+    return [self.rows[i] for i in indices]
+
+
+def test_example_source_reads_batches(built):
+  source = built.sources["train"]
+  indices = [5, 0, 5, len(source) - 1, 17]
+  batch = source.read_batch(indices)
+  for k in dataset.FEATURES:
+    assert batch[k].dtype == np.int32
+    assert batch[k].shape == (len(indices), MAX_LEN)
+  for row, i in enumerate(indices):
+    one = source[i]  # tfds' own decoding.
+    for k in dataset.FEATURES:
+      np.testing.assert_array_equal(batch[k][row], one[k])
+  assert source.read_batch([])["input_ids"].shape == (0, MAX_LEN)
+  # Records of another layout: tfds decodes them.
+  rows = [{k: np.full(MAX_LEN, i, np.int32) for k in dataset.FEATURES}
+          for i in range(4)]
+  fake = dataset.ExampleSource(FakeTfdsSource(rows), MAX_LEN)
+  batch = fake.read_batch([3, 1])
+  np.testing.assert_array_equal(batch["segment_ids"][:, 0], [3, 1])
+
+
 def run_cli(*args):
   return subprocess.run([sys.executable, "-m", "electra_jax.data.build",
                          *args], capture_output=True, text=True, check=False)
@@ -367,6 +509,8 @@ def test_cli_builds_with_sentencepiece(corpus, tmp_path):
   assert res.returncode == 0, res.stderr
   assert re.search(r"done in .* MB/s.*train \+ \d+ validation examples",
                    res.stdout), res.stdout
+  if sys.platform == "linux":  # The CLI forks its workers where it may.
+    assert "2 worker(s) (fork)" in res.stdout, res.stdout
   ds = dataset.open_dataset(str(out))
   tok = tokenization.load_tokenizer(model)
   assert ds.metadata["vocab_kind"] == "sentencepiece"
@@ -377,6 +521,13 @@ def test_cli_builds_with_sentencepiece(corpus, tmp_path):
   assert rec["input_ids"].shape == (48,) and rec["input_ids"][0] == tok.cls_id
   text = tok.decode(rec["input_ids"])
   assert re.match(r"^d0 ", text), text
+  # Byte-identical to a build in this process (tfds' own serializer wrote the
+  # features in an order that changed from one process to the next).
+  build.build_dataset(f"{root}/a.txt,{root}/d.txt", model,
+                      str(tmp_path / "here"), max_seq_length=48,
+                      num_workers=0, validation_fraction=0.05)
+  here = dataset.open_dataset(str(tmp_path / "here"))
+  assert record_files(here) == record_files(ds)
   # Errors: exit status 2 and one line on stderr.
   res = run_cli(f"--input={root}/nothing*.txt", f"--vocab={model}",
                 f"--output_dir={tmp_path / 'x'}")

@@ -34,6 +34,33 @@ class ToySource:
     }
 
 
+class ItemsSource(ToySource):
+  """Reads many examples in one call, as tfds and grain sources can."""
+
+  def __init__(self, n: int):
+    super().__init__(n)
+    self.calls = 0
+
+  def __getitem__(self, i):
+    raise AssertionError('read one at a time')
+
+  def __getitems__(self, indices):
+    self.calls += 1
+    return [ToySource.__getitem__(self, i) for i in indices]
+
+
+class BatchSource(ItemsSource):
+  """Reads stacked batches, as open_dataset's sources do."""
+
+  def __getitems__(self, indices):
+    raise AssertionError('read as a list of examples')
+
+  def read_batch(self, indices):
+    self.calls += 1
+    rows = [ToySource.__getitem__(self, i) for i in indices]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 def ids(batch):
   """The example indices of a batch (every token of example i is i)."""
   return batch['input_ids'][:, 0].tolist()
@@ -58,6 +85,28 @@ def test_batch_shapes_and_dtypes():
   np.testing.assert_array_equal(batch['segment_ids'][0],
                                 (np.arange(L) >= L // 2).astype(np.int32))
   assert (batch['input_ids'] == batch['input_ids'][:, :1]).all()
+
+
+@pytest.mark.parametrize('source_class', [ItemsSource, BatchSource])
+def test_reads_a_batch_at_a_time_when_the_source_can(source_class):
+  kw = {'global_batch_size': 8, 'seed': 3, 'process_index': 1,
+        'process_count': 2, 'prefetch': 0}
+  source = source_class(20)
+  it = pipeline.train_iterator(source, **kw)
+  reference = pipeline.train_iterator(ToySource(20), **kw)
+  for _ in range(6):
+    got, want = next(it), next(reference)
+    assert set(got) == set(want)
+    for k in want:
+      assert got[k].dtype == np.int32
+      np.testing.assert_array_equal(got[k], want[k])
+  assert source.calls == 6
+  evals = pipeline.eval_batches(source_class(20), global_batch_size=8,
+                                num_batches=3, process_index=0,
+                                process_count=2)
+  ref = pipeline.eval_batches(ToySource(20), global_batch_size=8,
+                              num_batches=3, process_index=0, process_count=2)
+  assert [ids(b) for b in evals] == [ids(b) for b in ref]
 
 
 def test_every_example_once_per_epoch_and_epochs_differ():

@@ -20,14 +20,27 @@ The input is cut into work units: one per file, and files larger than ~24 MiB
 into ~16 MiB ranges cut at blank lines (a document longer than that is cut at a
 line; tfds input: ranges of records).  Each unit gets its own random Generator
 seeded from (seed, unit index), so the output is identical for any
---num_workers (0 = no worker processes).  Worker processes (spawned) tokenize
-and build examples (`electra_jax.data.examples`); the main process writes them
-to tfds in unit order.  That writing (tfds' per-example serialization, ~100-150
-us an example) bounds the throughput, so the default is one worker fewer than
-the CPU count.  Whole documents go to the 'validation' split with probability
---validation_fraction, decided by a seeded hash of (unit index, document index);
-when that picks none, the last document goes there, so validation is never
-empty when there are two documents or more.
+--num_workers (0 = no worker processes; default: the CPU count; a single unit
+is always processed in the main process).  Whole documents go to the
+'validation' split with probability --validation_fraction, decided by a seeded
+hash of (unit index, document index); when that picks none, the last document
+goes there, so validation is never empty when there are two documents or more.
+
+Worker processes (spawned; forked from the CLI where `_start_method` finds it
+safe; biggest units first) do all the work of a unit: tokenize whole batches of
+lines, build the examples (`electra_jax.data.examples`), serialize them as
+tf.train.Example records (`electra_jax.data.records`: vectorised, ~20x faster
+than tfds' per-example serializer) and spill them to a per-unit file.  The main
+process collects each unit's counts and record ranges per split and, while the
+split can still be a single shard (under 128 MiB), copies its records from the
+spill into that shard as the units finish, in input order.  Splits too big for
+one shard are written at the end instead, one shard a job, in parallel.  Either
+way the shard count and boundaries, file names and ArrayRecord options are
+those tfds' own writer uses, so a dataset reads back exactly as before; its
+files are byte-identical for any --num_workers and from one run to the next
+(tfds' serializer wrote the features in a per-process random order).  tfds then
+writes dataset_info.json and metadata.json.  The spill, beside the output,
+takes about as much disk space as the dataset until the end.
 
 The dataset is written into a temporary directory beside --output_dir and
 renamed into place at the end, so an interrupted build leaves nothing that looks
@@ -44,16 +57,18 @@ import multiprocessing
 import os
 import re
 import sys
-import tempfile
+import threading
 import time
 from typing import Any, Iterator, Sequence
 import uuid
 
+from array_record.python import array_record_module
 from etils import epath
 import numpy as np
 
 from electra_jax import tokenization
 from electra_jax.data import examples as examples_lib
+from electra_jax.data import records as records_lib
 from electra_jax.data import vocab as vocab_lib
 from electra_jax.errors import UserInputError
 from electra_jax.errors import run_cli
@@ -64,6 +79,9 @@ DEFAULT_UNIT_BYTES = 16 << 20
 _TOKENIZE_BATCH_LINES = 1024
 _TOKENIZE_BATCH_CHARS = 1 << 20
 _PROGRESS_EVERY_S = 5.0
+# What tfds' ArrayRecord writer uses (one record a chunk: fast random access).
+_ARRAY_RECORD_OPTIONS = "group_size:1"
+_COPY_BATCH_RECORDS = 4096
 _BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
 
 _COUNT_KEYS = ("documents", "lines", "tokens", "tokens_in_examples",
@@ -97,7 +115,9 @@ class _WorkerSettings:
   vocab_path: str
   max_seq_length: int
   seed: int
+  validation_fraction: float
   tfds: _TfdsSpec | None
+  spill_dir: str  # Where workers write the units' serialized examples.
 
 
 def _find_cut(f, nominal: int, size: int, scan_limit: int) -> int:
@@ -220,8 +240,8 @@ def _plan_tfds_units(spec: _TfdsSpec, unit_bytes: int) -> tuple[list[_Unit],
 
 
 # ----------------------------------------------------------------------------
-# Worker side (runs in spawned processes; must not import tensorflow_datasets
-# unless the input is tfds)
+# Worker side (runs in worker processes; spawned ones must not import
+# tensorflow_datasets unless the input is tfds)
 
 _worker_state: dict[str, Any] = {}
 
@@ -286,23 +306,13 @@ def _tfds_unit_lines(unit: _Unit, stats: collections.Counter):
   return lines
 
 
-def _process_unit(unit: _Unit) -> dict[str, Any]:
-  """Tokenizes one unit and builds its examples.
-
-  Returns:
-    {'input_ids', 'input_mask', 'segment_ids'}: int32 [n, L] arrays;
-    'document': int32 [n], the index within the unit of each example's
-    document; 'stats': counts.
-  """
-  settings: _WorkerSettings = _worker_state["settings"]
-  tok = _worker_state["tokenizer"]
-  max_len = settings.max_seq_length
-  stats = collections.Counter()
-  if settings.tfds is None:
+def _unit_texts(unit: _Unit, stats: collections.Counter
+               ) -> tuple[list[str], list[int]]:
+  """The unit's non-blank lines (stripped) and the document of each."""
+  if _worker_state["settings"].tfds is None:
     raw_lines = _text_unit_lines(unit, stats)
   else:
     raw_lines = _tfds_unit_lines(unit, stats)
-
   texts, doc_of_text = [], []
   doc, in_doc = 0, False
   for line in raw_lines:
@@ -315,66 +325,45 @@ def _process_unit(unit: _Unit) -> dict[str, Any]:
     texts.append(line)
     doc_of_text.append(doc)
     in_doc = True
-  del raw_lines
   stats["documents"] = doc + int(in_doc)
   stats["lines"] = len(texts)
-
-  rng = np.random.default_rng([settings.seed, unit.index])
-  builder = examples_lib.ExampleBuilder(max_len, rng)
-  packed, documents = [], []
-  pending: list[examples_lib.Segments] = []
-  pending_docs: list[int] = []
-
-  def emit(segments, d):
-    pending.extend(segments)
-    pending_docs.extend([d] * len(segments))
-
-  def pack():
-    if pending:
-      packed.append(examples_lib.pack_examples(
-          pending, max_len, cls_id=tok.cls_id, sep_id=tok.sep_id,
-          pad_id=tok.pad_id))
-      documents.append(np.asarray(pending_docs, dtype=np.int32))
-      for a, b in pending:
-        stats["tokens_in_examples"] += len(a) + len(b)
-      pending.clear()
-      pending_docs.clear()
-
-  current_doc = 0
-  start = 0
-  while start < len(texts):
-    end, chars = start, 0
-    while (end < len(texts) and end - start < _TOKENIZE_BATCH_LINES and
-           chars < _TOKENIZE_BATCH_CHARS):
-      chars += len(texts[end])
-      end += 1
-    for j, ids in enumerate(tok.encode_batch(texts[start:end])):
-      d = doc_of_text[start + j]
-      if d != current_doc:
-        emit(builder.end_document(), current_doc)
-        current_doc = d
-      stats["tokens"] += len(ids)
-      emit(builder.add_line(ids), d)
-    pack()
-    start = end
-  emit(builder.end_document(), current_doc)
-  pack()
-  stats["long_lines_split"] = builder.long_lines
-
-  if packed:
-    result = {k: np.concatenate([p[k] for p in packed])
-              for k in examples_lib.FEATURES}
-    result["document"] = np.concatenate(documents)
-  else:
-    result = {k: np.zeros((0, max_len), np.int32)
-              for k in examples_lib.FEATURES}
-    result["document"] = np.zeros((0,), np.int32)
-  result["stats"] = dict(stats)
-  return result
+  return texts, doc_of_text
 
 
-# ----------------------------------------------------------------------------
-# Main side
+def _spill_paths(spill_dir: str, unit_index: int) -> tuple[str, str]:
+  """(records, offsets) files holding one unit's serialized examples."""
+  stem = os.path.join(spill_dir, f"unit-{unit_index:06d}")
+  return stem + ".records", stem + ".offsets.npy"
+
+
+class _UnitSpill:
+  """Serializes one unit's examples (tf.train.Example) into its spill files."""
+
+  def __init__(self, spill_dir: str, unit_index: int):
+    self._data_path, self._offsets_path = _spill_paths(spill_dir, unit_index)
+    self._file = None
+    self._size = 0
+    self._offsets = [np.zeros(1, np.int64)]
+    self._documents = []
+
+  def add(self, arrays: dict[str, np.ndarray], documents: Sequence[int]):
+    data, offsets = records_lib.encode_examples(arrays)
+    if self._file is None:
+      self._file = open(self._data_path, "wb")
+    self._file.write(data)
+    self._offsets.append(offsets[1:] + self._size)
+    self._size += len(data)
+    self._documents.append(np.asarray(documents, np.int32))
+
+  def finish(self) -> tuple[np.ndarray, np.ndarray]:
+    """Closes the files; returns (offsets [n + 1], document of each record)."""
+    offsets = np.concatenate(self._offsets)
+    if self._file is not None:
+      self._file.close()
+      np.save(self._offsets_path, offsets)
+    documents = (np.concatenate(self._documents) if self._documents else
+                 np.zeros((0,), np.int32))
+    return offsets, documents
 
 
 def _is_validation(seed: int, unit_index: int, document: int,
@@ -386,37 +375,215 @@ def _is_validation(seed: int, unit_index: int, document: int,
   return int.from_bytes(digest, "little") / 2.0**64 < fraction
 
 
-def _run_units(units: Sequence[_Unit], settings: _WorkerSettings,
-               num_workers: int) -> Iterator[tuple[_Unit, dict[str, Any]]]:
-  """Yields (unit, result) in unit order, computed by up to num_workers."""
-  if num_workers <= 0:
-    _init_worker(settings)
-    try:
-      for unit in units:
-        yield unit, _process_unit(unit)
-    finally:
-      _worker_state.clear()
-    return
-  ctx = multiprocessing.get_context("spawn")
-  pool = ctx.Pool(num_workers, initializer=_init_worker, initargs=(settings,))
+def _segments(offsets: np.ndarray, documents: np.ndarray, unit_index: int
+             ) -> list[tuple[int, int, int, bool]]:
+  """The unit's records as (start, end, bytes, is_validation) ranges.
+
+  Consecutive documents of one split share a range, except the unit's last
+  document, which is always a range of its own (the main process may move the
+  very last document of the input to validation).
+  """
+  settings: _WorkerSettings = _worker_state["settings"]
+  if not len(documents):  # pylint: disable=g-explicit-length-test
+    return []
+  cuts = (np.flatnonzero(np.diff(documents)) + 1).tolist()
+  starts, ends = [0] + cuts, cuts + [len(documents)]
+  segments = []
+  for i, (s, e) in enumerate(zip(starts, ends)):
+    flag = _is_validation(settings.seed, unit_index, int(documents[s]),
+                          settings.validation_fraction)
+    if segments and segments[-1][2] == flag and i < len(starts) - 1:
+      segments[-1][1] = e
+    else:
+      segments.append([s, e, flag])
+  return [(s, e, int(offsets[e] - offsets[s]), flag)
+          for s, e, flag in segments]
+
+
+def _process_unit(unit: _Unit) -> dict[str, Any]:
+  """Tokenizes one unit, builds its examples and spills them.
+
+  The examples go, serialized, to the unit's spill files (`_spill_paths`).
+
+  Returns:
+    'unit': the unit index; 'num_records'; 'segments': (start, end, bytes,
+    is_validation) record ranges in order (see `_segments`);
+    'documents_with_examples'; 'stats': counts.
+  """
+  settings: _WorkerSettings = _worker_state["settings"]
+  tok = _worker_state["tokenizer"]
+  max_len = settings.max_seq_length
+  stats = collections.Counter()
+  texts, doc_of_text = _unit_texts(unit, stats)
+
+  rng = np.random.default_rng([settings.seed, unit.index])
+  builder = examples_lib.ExampleBuilder(max_len, rng)
+  spill = _UnitSpill(settings.spill_dir, unit.index)
+  pending: list[examples_lib.Segments] = []
+  pending_docs: list[int] = []
+
+  def pack():
+    if pending:
+      spill.add(examples_lib.pack_examples(
+          pending, max_len, cls_id=tok.cls_id, sep_id=tok.sep_id,
+          pad_id=tok.pad_id), pending_docs)
+      stats["tokens_in_examples"] += sum(len(a) + len(b) for a, b in pending)
+      pending.clear()
+      pending_docs.clear()
+
+  current_doc, tokens, start = 0, 0, 0
+  while start < len(texts):
+    end, chars = start, 0
+    while (end < len(texts) and end - start < _TOKENIZE_BATCH_LINES and
+           chars < _TOKENIZE_BATCH_CHARS):
+      chars += len(texts[end])
+      end += 1
+    for ids, d in zip(tok.encode_batch(texts[start:end]),
+                      doc_of_text[start:end]):
+      if d != current_doc:
+        done = builder.end_document()
+        pending.extend(done)
+        pending_docs.extend([current_doc] * len(done))
+        current_doc = d
+      tokens += len(ids)
+      done = builder.add_line(ids)
+      if done:
+        pending.extend(done)
+        pending_docs.extend([d] * len(done))
+    pack()
+    start = end
+  done = builder.end_document()
+  pending.extend(done)
+  pending_docs.extend([current_doc] * len(done))
+  pack()
+  stats["tokens"] = tokens
+  stats["long_lines_split"] = builder.long_lines
+
+  offsets, documents = spill.finish()
+  return {
+      "unit": unit.index,
+      "num_records": len(documents),
+      "segments": _segments(offsets, documents, unit.index),
+      "documents_with_examples": len(np.unique(documents)),
+      "stats": dict(stats),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardSource:
+  """Records [start, end) of one unit's spill files."""
+  data_path: str
+  offsets_path: str
+  start: int
+  end: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardJob:
+  path: str  # The ArrayRecord file to write.
+  sources: tuple[_ShardSource, ...]  # Its records, in order.
+
+
+def _copy_records(writer, source: _ShardSource) -> None:
+  """Appends records [start, end) of a unit's spill to an ArrayRecord writer."""
+  offsets = np.load(source.offsets_path, mmap_mode="r")
+  with open(source.data_path, "rb") as f:
+    for s in range(source.start, source.end, _COPY_BATCH_RECORDS):
+      e = min(source.end, s + _COPY_BATCH_RECORDS)
+      bounds = (offsets[s:e + 1] - offsets[s]).tolist()
+      f.seek(int(offsets[s]))
+      data = f.read(bounds[-1])
+      for a, b in zip(bounds[:-1], bounds[1:]):
+        writer.write(data[a:b])
+
+
+def _write_shard(job: _ShardJob) -> int:
+  """Writes one ArrayRecord shard (as tfds does) from spilled records."""
+  writer = array_record_module.ArrayRecordWriter(job.path,
+                                                 _ARRAY_RECORD_OPTIONS)
   try:
-    window = collections.deque()
-    todo = iter(units)
-    for unit in todo:
-      window.append((unit, pool.apply_async(_process_unit, (unit,))))
-      if len(window) >= 2 * num_workers:
-        break
-    while window:
-      unit, result = window.popleft()
-      out = result.get()
-      nxt = next(todo, None)
-      if nxt is not None:
-        window.append((nxt, pool.apply_async(_process_unit, (nxt,))))
-      yield unit, out
-    pool.close()
-    pool.join()
+    for source in job.sources:
+      _copy_records(writer, source)
   finally:
-    pool.terminate()
+    writer.close()
+  return sum(source.end - source.start for source in job.sources)
+
+
+def _call(job: tuple[Any, Any]) -> Any:
+  fn, arg = job
+  return fn(arg)
+
+
+# ----------------------------------------------------------------------------
+# Main side
+
+
+def _os_threads() -> int | None:
+  """This process's OS-level thread count (Linux), else None."""
+  try:
+    return len(os.listdir("/proc/self/task"))
+  except OSError:
+    return None
+
+
+# numpy's BLAS threads (fork-safe) are running by now.
+_THREADS_AT_IMPORT = _os_threads()
+
+
+def _start_method(fork_workers: bool, text_input: bool) -> str:
+  """How to start worker processes: 'fork' where asked and safe, else 'spawn'.
+
+  Forked workers start at once and share this process's imports (a spawned
+  one re-imports numpy, SentencePiece etc.: ~0.3 CPU s).  But a child forked
+  while other threads run can hang on a lock one of them held: fork only on
+  Linux, for text input (reading a tfds input starts ArrayRecord reader
+  threads), with no thread started since this module was imported and no
+  JAX, TensorFlow or PyTorch loaded.  The CLI asks for fork; library callers
+  (the trainer builds its dataset in a process running JAX) get spawn.
+  """
+  threads = _os_threads()
+  if (not fork_workers or not text_input or sys.platform != "linux" or
+      threading.active_count() > 1 or threads is None or
+      _THREADS_AT_IMPORT is None or threads > _THREADS_AT_IMPORT or
+      any(name in sys.modules for name in ("jax", "tensorflow", "torch"))):
+    return "spawn"
+  return "fork"
+
+
+class _Workers:
+  """Runs jobs in worker processes, or in this process (0 workers)."""
+
+  def __init__(self, settings: _WorkerSettings, num_workers: int,
+               start_method: str):
+    self._pool = None
+    if num_workers <= 0:
+      _init_worker(settings)
+      return
+    ctx = multiprocessing.get_context(start_method)
+    self._pool = ctx.Pool(num_workers, initializer=_init_worker,
+                          initargs=(settings,))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if self._pool is None:
+      _worker_state.clear()
+      return
+    if exc[0] is None:
+      self._pool.close()
+      self._pool.join()
+    self._pool.terminate()
+
+  def run(self, fn, args: Sequence[Any]) -> Iterator[Any]:
+    """Starts fn(arg) for every arg; yields the results as they complete.
+
+    The jobs start in the order given (without worker processes, one by one
+    as the results are taken).
+    """
+    if self._pool is None:
+      return (fn(arg) for arg in args)
+    return self._pool.imap_unordered(_call, [(fn, a) for a in args])
 
 
 class _Progress:
@@ -450,146 +617,271 @@ class _Progress:
           f"{self.elapsed:.0f} s", file=self._out, flush=True)
 
 
-class _Producer:
-  """Runs the units and routes whole documents to train or validation.
+@dataclasses.dataclass(frozen=True)
+class _Piece:
+  """Records [start, end) of one unit's spill, all of one split."""
+  unit: int
+  start: int
+  end: int
+  num_bytes: int
 
-  The train generator drives everything: it yields train examples as units
-  finish (in unit order) and spills validation examples to a file, which the
-  validation generator then reads back.
+
+def _num_records(pieces: Sequence[_Piece]) -> int:
+  return sum(p.end - p.start for p in pieces)
+
+
+class _Router:
+  """Puts the units' record ranges into the splits, in input order.
+
+  Give it every unit's result, in unit order, then call `finish`.  The train
+  split's latest piece waits until the next one comes: when the hash picked no
+  document for validation, the input's last document (a piece of its own, see
+  `_segments`) goes there instead.
   """
 
-  def __init__(self, *, units, settings, num_workers, validation_fraction,
-               spill_path: str, progress: _Progress,
-               source_units: collections.Counter, text_input: bool,
-               metadata: dict[str, Any]):
-    self._units = units
-    self._settings = settings
-    self._num_workers = num_workers
+  def __init__(self, validation_fraction: float, on_piece):
     self._fraction = validation_fraction
-    self._spill_path = spill_path
-    self._progress = progress
-    self._text_input = text_input
-    self._source_units_left = collections.Counter(source_units)
-    self._metadata = metadata
-    self.counts = collections.Counter()
-    self.source_documents = collections.Counter()
-    self.num_train = 0
-    self.num_validation = 0
-    self.train_done = False
-    self._generators = []
+    self._on_piece = on_piece  # Called with (split name, piece), in order.
+    self._splits = {"train": [], "validation": []}
+    self._documents = 0  # Documents with examples so far.
+    self._held = None
 
-  def split_generators(self) -> dict[str, Iterator]:
-    gens = {"train": self._train()}
-    if self._fraction > 0:
-      gens["validation"] = self._validation()
-    self._generators.extend(gens.values())
-    return gens
+  def add(self, unit_index: int, result: dict[str, Any]) -> None:
+    self._documents += result["documents_with_examples"]
+    for start, end, num_bytes, is_validation in result["segments"]:
+      piece = _Piece(unit_index, start, end, num_bytes)
+      if is_validation:
+        self._put("validation", piece)
+        continue
+      if self._held is not None:
+        self._put("train", self._held)
+      self._held = piece
+
+  def finish(self) -> dict[str, list[_Piece]]:
+    """Every record's place: split name -> pieces, in input order.
+
+    Raises:
+      UserInputError: a split would be empty.
+    """
+    if self._held is not None:
+      last_to_validation = (self._fraction > 0 and
+                            not self._splits["validation"] and
+                            self._documents >= 2)
+      self._put("validation" if last_to_validation else "train", self._held)
+      self._held = None
+    _check_splits(self._splits, self._documents, self._fraction)
+    if self._fraction <= 0:
+      return {"train": self._splits["train"]}
+    return dict(self._splits)
+
+  def _put(self, name: str, piece: _Piece) -> None:
+    self._splits[name].append(piece)
+    self._on_piece(name, piece)
+
+
+class _EarlyShard:
+  """Writes a split as its single shard while the units are being processed.
+
+  Most splits (under 128 MiB of records) are one shard: the main process
+  writes it from the spill as the units finish, in input order, instead of in
+  a serial pass at the end.  Once the split outgrows one shard, the file is
+  dropped and its shards are written at the end, in parallel.
+  """
+
+  def __init__(self, path: str, spill_dir: str):
+    self.path = path
+    self._spill_dir = spill_dir
+    self._writer = None
+    self.num_records = 0
+    self.dropped = False
+    self._num_bytes = 0
+
+  def add(self, piece: _Piece) -> None:
+    if self.dropped:
+      return
+    num_records = self.num_records + piece.end - piece.start
+    num_bytes = self._num_bytes + piece.num_bytes
+    if _num_shards(num_bytes, num_records) > 1:
+      self.drop()
+      return
+    if self._writer is None:
+      self._writer = array_record_module.ArrayRecordWriter(
+          self.path, _ARRAY_RECORD_OPTIONS)
+    _copy_records(self._writer, _ShardSource(
+        *_spill_paths(self._spill_dir, piece.unit), piece.start, piece.end))
+    self.num_records, self._num_bytes = num_records, num_bytes
 
   def close(self) -> None:
-    """Stops the generators (and so the worker pool) if tfds left them."""
-    for gen in self._generators:
-      gen.close()
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
 
-  def _train(self):
-    pending = None  # (arrays, doc flag) of the last document seen so far.
-    documents_with_examples = 0
-    spill = open(self._spill_path, "wb")
-    key = 0
+  def drop(self) -> None:
+    self.close()
+    if os.path.exists(self.path):
+      os.remove(self.path)
+    self.dropped = True
 
-    def route(arrays, is_val):
-      nonlocal key
-      if is_val:
-        stacked = np.stack([arrays[k] for k in examples_lib.FEATURES], axis=1)
-        spill.write(np.ascontiguousarray(stacked, dtype=np.int32).tobytes())
-        self.num_validation += len(stacked)
-        return
-      for i in range(len(arrays["input_ids"])):
-        yield key, {k: arrays[k][i] for k in examples_lib.FEATURES}
-        key += 1
-        self.num_train += 1
-        if not i % 1024:
-          self._progress.maybe_print(self.num_train, self.num_validation)
 
-    with spill:
-      for unit, result in _run_units(self._units, self._settings,
-                                     self._num_workers):
-        for k, v in result["stats"].items():
-          self.counts[k] += v
-        self.source_documents[unit.source] += result["stats"].get(
-            "documents", 0)
-        docs = result["document"]
-        if len(docs):
-          # Boundaries of each document's run of examples.
-          cuts = np.flatnonzero(np.diff(docs)) + 1
-          starts = np.concatenate([[0], cuts])
-          ends = np.concatenate([cuts, [len(docs)]])
-          documents_with_examples += len(starts)
-          runs = []
-          for s, e in zip(starts, ends):
-            arrays = {k: result[k][s:e] for k in examples_lib.FEATURES}
-            flag = _is_validation(self._settings.seed, unit.index,
-                                  int(docs[s]), self._fraction)
-            runs.append((arrays, flag))
-          if pending is not None:
-            yield from route(*pending)
-          for arrays, flag in runs[:-1]:
-            yield from route(arrays, flag)
-          pending = runs[-1]
-        self._progress.bytes_done += result["stats"].get("bytes", 0)
-        self._source_units_left[unit.source] -= 1
-        if self._source_units_left[unit.source] == 0:
-          self._progress.sources_done += 1
-        self._progress.maybe_print(self.num_train, self.num_validation)
-      if pending is not None:
-        arrays, flag = pending
-        if (self._fraction > 0 and self.num_validation == 0 and
-            documents_with_examples >= 2):
-          flag = True
-        yield from route(arrays, flag)
-    if self.num_train == 0:
-      if documents_with_examples == 0:
-        raise UserInputError(
-            "the inputs hold no text (every input is empty or blank); check "
-            "--input / --tfds")
-      if documents_with_examples == 1:
-        raise UserInputError(
-            "the input holds a single document, and it was held out for "
-            "validation; put blank lines between documents or pass "
-            "--validation_fraction=0")
+def _collect(units: Sequence[_Unit], running: Iterator[dict[str, Any]],
+             router: _Router, progress: _Progress
+            ) -> dict[int, dict[str, Any]]:
+  """Unit index -> its `_process_unit` result, as `running` yields them.
+
+  Passes the results on to `router` in unit order as soon as they can be.
+  """
+  by_index = {u.index: u for u in units}
+  in_order = sorted(by_index)
+  units_left = collections.Counter(u.source for u in units)
+  results, split_counts, routed = {}, collections.Counter(), 0
+  for result in running:
+    unit = by_index[result["unit"]]
+    results[unit.index] = result
+    while routed < len(in_order) and in_order[routed] in results:
+      router.add(in_order[routed], results[in_order[routed]])
+      routed += 1
+    for start, end, _, is_validation in result["segments"]:
+      split_counts[is_validation] += end - start
+    progress.bytes_done += result["stats"].get("bytes", 0)
+    units_left[unit.source] -= 1
+    if units_left[unit.source] == 0:
+      progress.sources_done += 1
+    progress.maybe_print(split_counts[False], split_counts[True])
+  return results
+
+
+def _route(units: Sequence[_Unit], running: Iterator[dict[str, Any]],
+           settings: _WorkerSettings, progress: _Progress):
+  """Collects the units' results and puts their records into the splits.
+
+  Returns:
+    (unit index -> result, split name -> pieces, split name -> its
+    `_EarlyShard`, closed).
+  """
+  early = {name: _EarlyShard(os.path.join(settings.spill_dir,
+                                          f"early-{name}.array_record"),
+                             settings.spill_dir)
+           for name in ("train", "validation")}
+  try:
+    router = _Router(settings.validation_fraction,
+                     lambda name, piece: early[name].add(piece))
+    results = _collect(units, running, router, progress)
+    return results, router.finish(), early
+  finally:
+    for shard in early.values():
+      shard.close()
+
+
+def _check_splits(splits: dict[str, list[_Piece]], documents: int,
+                  validation_fraction: float) -> None:
+  if not splits["train"]:
+    if documents == 0:
       raise UserInputError(
-          f"all {documents_with_examples} documents were held out for "
-          f"validation; lower --validation_fraction")
-    self.train_done = True
-    self._finish_metadata()
-
-  def _finish_metadata(self):
-    counts = {k: int(self.counts.get(k, 0)) for k in _COUNT_KEYS}
-    if self._text_input:
-      counts["files"] = len(self._source_units_left)
-      counts["empty_files"] = sum(
-          1 for s in self._source_units_left if self.source_documents[s] == 0)
-    else:
-      counts["records"] = int(self._metadata.get("records", 0))
-      counts["empty_records"] = int(self.counts.get("empty_records", 0))
-    counts["examples"] = {"train": self.num_train}
-    if self._fraction > 0:
-      counts["examples"]["validation"] = self.num_validation
-    self._metadata["counts"] = counts
-
-  def _validation(self):
-    assert self.train_done, "tfds must generate 'train' before 'validation'"
-    if self.num_validation == 0:
+          "the inputs hold no text (every input is empty or blank); check "
+          "--input / --tfds")
+    if documents == 1:
       raise UserInputError(
-          "the input holds a single document, so none can be held out for "
+          "the input holds a single document, and it was held out for "
           "validation; put blank lines between documents or pass "
           "--validation_fraction=0")
-    max_len = self._settings.max_seq_length
-    data = np.memmap(self._spill_path, dtype=np.int32, mode="r")
-    data = data.reshape(-1, len(examples_lib.FEATURES), max_len)
-    for i in range(len(data)):
-      row = np.array(data[i])
-      yield i, {k: row[j] for j, k in enumerate(examples_lib.FEATURES)}
-    del data
+    raise UserInputError(
+        f"all {documents} documents were held out for validation; lower "
+        f"--validation_fraction")
+  if validation_fraction > 0 and not splits["validation"]:
+    raise UserInputError(
+        "the input holds a single document, so none can be held out for "
+        "validation; put blank lines between documents or pass "
+        "--validation_fraction=0")
+
+
+def _counts(units: Sequence[_Unit], results: dict[int, dict[str, Any]],
+            splits: dict[str, list[_Piece]], text_input: bool,
+            num_records: int | None) -> dict[str, Any]:
+  """The counts that go into metadata.json."""
+  stats = collections.Counter()
+  source_documents = collections.Counter()
+  for unit in units:
+    unit_stats = results[unit.index]["stats"]
+    stats.update(unit_stats)
+    source_documents[unit.source] += unit_stats.get("documents", 0)
+  counts = {k: int(stats.get(k, 0)) for k in _COUNT_KEYS}
+  if text_input:
+    counts["files"] = len(source_documents)
+    counts["empty_files"] = sum(1 for d in source_documents.values() if not d)
+  else:
+    counts["records"] = int(num_records)
+    counts["empty_records"] = int(stats.get("empty_records", 0))
+  counts["examples"] = {name: _num_records(pieces)
+                        for name, pieces in splits.items()}
+  return counts
+
+
+def _num_shards(num_bytes: int, num_records: int) -> int:
+  """The shard count tfds' own writer picks for a split of this size."""
+  from tensorflow_datasets.core.utils import shard_utils  # pylint: disable=g-import-not-at-top
+  return shard_utils.ShardConfig.calculate_number_shards(num_bytes,
+                                                         num_records)
+
+
+def _shard_jobs(pieces: Sequence[_Piece], paths: Sequence[str],
+                bounds: Sequence[int], spill_dir: str) -> list[_ShardJob]:
+  """Cuts a split's pieces into shards: shard i holds records [b[i-1], b[i])."""
+  firsts = np.cumsum([0] + [p.end - p.start for p in pieces])
+  jobs, lo = [], 0
+  for path, hi in zip(paths, bounds):
+    sources = []
+    i = int(np.searchsorted(firsts, lo, side="right")) - 1
+    while i < len(pieces) and firsts[i] < hi:
+      piece, first = pieces[i], int(firsts[i])
+      start = piece.start + max(lo, first) - first
+      end = piece.start + min(hi, int(firsts[i + 1])) - first
+      if start < end:
+        sources.append(_ShardSource(*_spill_paths(spill_dir, piece.unit),
+                                    start, end))
+      i += 1
+    jobs.append(_ShardJob(path, tuple(sources)))
+    lo = hi
+  return jobs
+
+
+def _write_splits(splits: dict[str, list[_Piece]], template_fn,
+                  workers: _Workers, spill_dir: str,
+                  early: dict[str, _EarlyShard]) -> list[Any]:
+  """Writes the splits' shards (in parallel); returns their tfds SplitInfos.
+
+  The shard count and boundaries are those tfds' writer would choose, and the
+  files are written with its ArrayRecord options, in the tfds file names that
+  `template_fn(split name)` gives.  A split's `early` shard, when it is the
+  whole split, is only moved into place.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.utils import shard_utils  # pylint: disable=g-import-not-at-top
+  infos, jobs = [], []
+  for name, pieces in splits.items():
+    num_records = _num_records(pieces)
+    num_bytes = sum(p.num_bytes for p in pieces)
+    num_shards = _num_shards(num_bytes, num_records)
+    bounds = list(shard_utils.get_shard_boundaries(num_records, num_shards))
+    template = template_fn(name)
+    paths = [os.fspath(template.sharded_filepath(shard_index=i,
+                                                 num_shards=num_shards))
+             for i in range(num_shards)]
+    shard = early.get(name)
+    if (num_shards == 1 and shard is not None and not shard.dropped and
+        shard.num_records == num_records):
+      shard.close()
+      os.replace(shard.path, paths[0])
+    else:
+      jobs += _shard_jobs(pieces, paths, bounds, spill_dir)
+    infos.append(tfds.core.SplitInfo(
+        name=name, shard_lengths=np.diff([0] + bounds).tolist(),
+        num_bytes=num_bytes, filename_template=template))
+  jobs.sort(key=lambda j: sum(s.end - s.start for s in j.sources),
+            reverse=True)
+  written = sum(workers.run(_write_shard, jobs))
+  expected = sum(_num_records(j.sources) for j in jobs)
+  assert written == expected, (written, expected)
+  return infos
 
 
 def _check_output(output: epath.Path, overwrite: bool) -> None:
@@ -616,6 +908,50 @@ def _rmtree(path: epath.Path) -> None:
     path.rmtree()
 
 
+def _metadata(tok: tokenization.Tokenizer, settings: _WorkerSettings,
+              unit_bytes: int) -> dict[str, Any]:
+  """metadata.json, less the input description and the counts."""
+  from electra_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  vocab_file = epath.Path(tok.path)
+  return {
+      "format": dataset_lib.FORMAT,
+      "vocab_fingerprint": tok.fingerprint,
+      "vocab_kind": tok.kind,
+      "vocab_file": f"{dataset_lib.VOCAB_SUBDIR}/{vocab_file.name}",
+      "vocab_size": int(tok.vocab_size),
+      "vocab_source": str(vocab_file),
+      "special_ids": {"pad": tok.pad_id, "unk": tok.unk_id, "cls": tok.cls_id,
+                      "sep": tok.sep_id, "mask": tok.mask_id},
+      "max_seq_length": settings.max_seq_length,
+      "seed": settings.seed,
+      "validation_fraction": settings.validation_fraction,
+      "unit_bytes": int(unit_bytes),
+  }
+
+
+def _add_vocab(tmp: epath.Path, tok: tokenization.Tokenizer) -> None:
+  """Copies the vocab file into the dataset being built in `tmp`."""
+  from electra_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  vocab_file = epath.Path(tok.path)
+  version_dir = tmp / dataset_lib.DATASET_NAME / dataset_lib.VERSION
+  vocab_dir = version_dir / dataset_lib.VOCAB_SUBDIR
+  vocab_dir.mkdir()
+  vocab_file.copy(vocab_dir / vocab_file.name)
+
+
+def _replace_output(tmp: epath.Path, output: epath.Path,
+                    overwrite: bool) -> None:
+  """Renames the finished `tmp` to `output` (replacing an old dataset)."""
+  _check_output(output, overwrite)
+  old = None
+  if output.exists():
+    old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
+    output.rename(old)
+  tmp.rename(output)
+  if old is not None:
+    _rmtree(old)
+
+
 def build_dataset(inputs: str | Sequence[str] | None,
                   vocab_path: str,
                   output_dir: str,
@@ -630,6 +966,7 @@ def build_dataset(inputs: str | Sequence[str] | None,
                   *,
                   tfds_data_dir: str | None = None,
                   unit_bytes: int = DEFAULT_UNIT_BYTES,
+                  fork_workers: bool = False,
                   out=None) -> str:
   """Builds the pretraining dataset (see the module doc).
 
@@ -641,8 +978,9 @@ def build_dataset(inputs: str | Sequence[str] | None,
     output_dir: where the dataset goes (must not exist unless `overwrite`, or
       be an empty directory).
     max_seq_length: example length, 8..4096.
-    num_workers: tokenizing worker processes (default: CPU count - 1; 0 = all
-      in this process).  The output does not depend on it.
+    num_workers: worker processes that tokenize, build, serialize and write
+      (default: the CPU count; 0 = all in this process).  The output does not
+      depend on it.
     seed: seeds the example builder and the validation split.
     validation_fraction: probability that a document is held out, in [0, 1);
       0 writes no validation split.
@@ -653,6 +991,9 @@ def build_dataset(inputs: str | Sequence[str] | None,
     overwrite: replace an existing dataset at `output_dir`.
     tfds_data_dir: data_dir to find `tfds_name` in (default: tfds' default).
     unit_bytes: size of a work unit (changing it changes the output).
+    fork_workers: start the workers by fork where `_start_method` finds that
+      safe (faster to start); else they are spawned.  Leave it False in a
+      process that may run threads (e.g. with JAX initialized).
     out: stream for progress lines (default stdout).
 
   Returns:
@@ -661,11 +1002,6 @@ def build_dataset(inputs: str | Sequence[str] | None,
   Raises:
     UserInputError: bad arguments or inputs (see the messages).
   """
-  # tfds is imported here, not at module level: worker processes import this
-  # module and need neither.
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from electra_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-
   out = out if out is not None else sys.stdout
   t0 = time.monotonic()
   if isinstance(inputs, str):
@@ -704,10 +1040,9 @@ def build_dataset(inputs: str | Sequence[str] | None,
                   "tfds_text_key": tfds_text_key, "records": num_records}
     # Progress counts record ranges as "sources".
     units = [dataclasses.replace(u, source=u.index) for u in units]
-    source_units = collections.Counter({u.index: 1 for u in units})
     progress = _Progress(out, len(units), None, "record ranges")
   else:
-    spec = None
+    spec, num_records = None, None
     files = [epath.Path(f) for f in vocab_lib.expand_globs(inputs)]
     units, sizes = _plan_text_units(files, unit_bytes)
     if not any(sizes):
@@ -716,86 +1051,64 @@ def build_dataset(inputs: str | Sequence[str] | None,
           f"{', '.join(str(f) for f in files[:3])}"
           f"{' ...' if len(files) > 3 else ''}; check --input")
     input_desc = {"inputs": inputs, "files": [str(f) for f in files]}
-    source_units = collections.Counter(u.source for u in units)
     progress = _Progress(out, len(files), sum(sizes), "files")
 
-  if num_workers is None:  # Leave a core to the main process (it writes).
-    num_workers = max(1, (os.cpu_count() or 2) - 1)
-  workers = min(num_workers, len(units))
+  if num_workers is None:  # The main process only routes: little work.
+    num_workers = os.cpu_count() or 1
+  # One unit gains nothing from a worker process but its start-up.
+  workers = min(num_workers, len(units)) if len(units) > 1 else 0
+  start_method = _start_method(fork_workers, spec is None)
   main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-  if workers and main_file and not os.path.exists(main_file):
+  if (workers and start_method == "spawn" and main_file and
+      not os.path.exists(main_file)):
     # Spawned workers re-import __main__ and would fail (e.g. `python -`).
     print(f"[build] __main__ ({main_file}) is not a file, so worker processes "
           f"cannot start; tokenizing in this process", file=out, flush=True)
     workers = 0
-  settings = _WorkerSettings(str(tok.path), max_seq_length, int(seed), spec)
-  vocab_file = epath.Path(tok.path)
-  metadata = {
-      "format": dataset_lib.FORMAT,
-      "vocab_fingerprint": tok.fingerprint,
-      "vocab_kind": tok.kind,
-      "vocab_file": f"{dataset_lib.VOCAB_SUBDIR}/{vocab_file.name}",
-      "vocab_size": int(tok.vocab_size),
-      "vocab_source": str(vocab_file),
-      "special_ids": {"pad": tok.pad_id, "unk": tok.unk_id, "cls": tok.cls_id,
-                      "sep": tok.sep_id, "mask": tok.mask_id},
-      "max_seq_length": max_seq_length,
-      "seed": int(seed),
-      "validation_fraction": float(validation_fraction),
-      "unit_bytes": int(unit_bytes),
-      **input_desc,
-  }
-
   output.parent.mkdir(parents=True, exist_ok=True)
   tmp = output.parent / f".{output.name}.incomplete-{uuid.uuid4().hex[:8]}"
   tmp.mkdir()
-  producer = None
-  spill_dir = tempfile.TemporaryDirectory(prefix="electra_build_")
   try:
-    builder = dataset_lib.ElectraPretraining(
-        max_seq_length=max_seq_length, metadata=metadata,
-        split_generators=lambda: producer.split_generators(),
-        data_dir=str(tmp), file_format="array_record")
-    # The producer adds the counts to the builder's metadata (metadata.json)
-    # once the train split is done.
-    producer = _Producer(
-        units=units, settings=settings, num_workers=workers,
-        validation_fraction=validation_fraction,
-        spill_path=os.path.join(spill_dir.name, "validation.spill"),
-        progress=progress,
-        source_units=source_units, text_input=spec is None,
-        metadata=builder.info.metadata)
-    print(f"[build] {len(units)} work unit(s), {workers} worker(s), "
-          f"max_seq_length {max_seq_length}, vocab {vocab_file.name} "
-          f"({tok.kind}, {tok.vocab_size} ids)", file=out, flush=True)
-    tfds.disable_progress_bar()
-    with contextlib.redirect_stdout(io.StringIO()):
-      builder.download_and_prepare(
-          download_dir=str(tmp / "downloads"),
-          download_config=tfds.download.DownloadConfig())
-    version_dir = tmp / dataset_lib.DATASET_NAME / dataset_lib.VERSION
-    vocab_dir = version_dir / dataset_lib.VOCAB_SUBDIR
-    vocab_dir.mkdir()
-    vocab_file.copy(vocab_dir / vocab_file.name)
+    spill_dir = tmp / "spill"
+    spill_dir.mkdir()
+    settings = _WorkerSettings(str(tok.path), max_seq_length, int(seed),
+                               float(validation_fraction), spec,
+                               os.fspath(spill_dir))
+    print(f"[build] {len(units)} work unit(s), {workers} worker(s)"
+          f"{f' ({start_method})' if workers else ''}, "
+          f"max_seq_length {max_seq_length}, vocab "
+          f"{epath.Path(tok.path).name} ({tok.kind}, {tok.vocab_size} ids)",
+          file=out, flush=True)
+    with _Workers(settings, workers, start_method) as pool:
+      # Biggest first: they start first, so the last to finish are small.
+      running = pool.run(_process_unit, sorted(
+          units, key=lambda u: u.end - u.start, reverse=True))
+      # tfds is imported here, not at module level (worker processes import
+      # this module and need neither), while the workers start.
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      from electra_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+      results, splits, early = _route(units, running, settings, progress)
+      counts = _counts(units, results, splits, spec is None, num_records)
+      builder = dataset_lib.ElectraPretraining(
+          max_seq_length=max_seq_length,
+          metadata={**_metadata(tok, settings, unit_bytes), **input_desc,
+                    "counts": counts},
+          write_splits=lambda template_fn: _write_splits(
+              splits, template_fn, pool, settings.spill_dir, early),
+          data_dir=str(tmp), file_format="array_record")
+      tfds.disable_progress_bar()
+      with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(
+            download_dir=str(tmp / "downloads"),
+            download_config=tfds.download.DownloadConfig())
+    _rmtree(spill_dir)
     _rmtree(tmp / "downloads")
-
-    _check_output(output, overwrite)
-    old = None
-    if output.exists():
-      old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-      output.rename(old)
-    tmp.rename(output)
-    if old is not None:
-      _rmtree(old)
+    _add_vocab(tmp, tok)
+    _replace_output(tmp, output, overwrite)
   except BaseException:
     _rmtree(tmp)
     raise
-  finally:
-    if producer is not None:
-      producer.close()
-    spill_dir.cleanup()
 
-  counts = builder.info.metadata["counts"]
   elapsed = time.monotonic() - t0
   mb = counts["bytes"] / 1e6
   lost = counts["tokens"] - counts["tokens_in_examples"]
@@ -837,9 +1150,9 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--max_seq_length", type=int, default=128)
   parser.add_argument("--output_dir", required=True)
   parser.add_argument("--num_workers", type=int, default=None,
-                      help="tokenizing worker processes (default: CPU "
-                      "count - 1; 0: in the main process); the output does "
-                      "not depend on it")
+                      help="worker processes (default: the CPU count; 0: "
+                      "all in the main process); the output does not depend "
+                      "on it")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--validation_fraction", type=float, default=0.01)
   parser.add_argument("--tfds", default=None,
@@ -860,7 +1173,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       seed=args.seed, validation_fraction=args.validation_fraction,
       tfds_name=args.tfds, tfds_text_key=args.tfds_text_key,
       tfds_split=args.tfds_split, overwrite=args.overwrite,
-      tfds_data_dir=args.tfds_data_dir)
+      tfds_data_dir=args.tfds_data_dir, fork_workers=True)
 
 
 if __name__ == "__main__":

@@ -168,28 +168,29 @@ def pack_examples(segments: Sequence[Segments], max_seq_length: int, *,
     padding.
   """
   n = len(segments)
-  input_ids = np.full((n, max_seq_length), pad_id, dtype=np.int32)
   lengths_a = np.empty(n, dtype=np.int64)  # len([CLS] A [SEP])
   lengths = np.empty(n, dtype=np.int64)  # Whole example.
+  tokens: list[int] = []  # Every example's real tokens, back to back.
   for i, (a, b) in enumerate(segments):
     la = len(a) + 2
     total = la + (len(b) + 1 if b else 0)
     if total > max_seq_length:
       raise ValueError(f"example {i} has {total} tokens > max_seq_length "
                        f"{max_seq_length}")
-    row = input_ids[i]
-    row[0] = cls_id
-    row[1:la - 1] = a
-    row[la - 1] = sep_id
+    tokens.append(cls_id)
+    tokens.extend(a)
+    tokens.append(sep_id)
     if b:
-      row[la:total - 1] = b
-      row[total - 1] = sep_id
+      tokens.extend(b)
+      tokens.append(sep_id)
     lengths_a[i] = la
     lengths[i] = total
   positions = np.arange(max_seq_length)[None, :]
-  input_mask = (positions < lengths[:, None]).astype(np.int32)
-  segment_ids = ((positions >= lengths_a[:, None]) &
-                 (positions < lengths[:, None])).astype(np.int32)
+  real = positions < lengths[:, None]
+  input_ids = np.full((n, max_seq_length), pad_id, dtype=np.int32)
+  input_ids[real] = tokens  # Row-major: each example's tokens, left-aligned.
+  input_mask = real.astype(np.int32)
+  segment_ids = ((positions >= lengths_a[:, None]) & real).astype(np.int32)
   return {"input_ids": input_ids, "input_mask": input_mask,
           "segment_ids": segment_ids}
 

@@ -4,7 +4,8 @@
 `open_dataset(...).sources`, or any object with `__len__` and `__getitem__`
 returning dicts of int32 arrays) into an endless, seeded, per-host sharded
 stream of batches built with grain.  `eval_batches` returns a fixed list of
-batches for held-out evaluation.
+batches for held-out evaluation.  A batch is read in one call when the source
+can (`read_batch`, as `open_dataset`'s sources have, else `__getitems__`).
 
 Sharding: the global batch of a step does not depend on the number of hosts.
 Every host draws the same global order of example indices (a permutation from
@@ -121,8 +122,25 @@ class _ReadRows:
     self._source, self._start, self._size = source, start, size
 
   def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    rows = indices[self._start:self._start + self._size]
-    return _stack([self._source[int(i)] for i in rows])
+    rows = [int(i) for i in indices[self._start:self._start + self._size]]
+    return _read(self._source, rows)
+
+
+def _read(source, rows: list[int]) -> dict[str, np.ndarray]:
+  """Examples `rows` of `source`, stacked, by its fastest way of reading.
+
+  `read_batch` (an `ExampleSource` of `open_dataset`) reads and parses the
+  batch at once; `__getitems__` (tfds and grain sources) reads the records in
+  one call, several times faster than one `source[i]` at a time on
+  ArrayRecord.
+  """
+  if hasattr(source, 'read_batch'):
+    batch = source.read_batch(rows)
+    return {k: np.asarray(v).astype(np.int32, copy=False)
+            for k, v in batch.items()}
+  if hasattr(source, '__getitems__'):
+    return _stack(list(source.__getitems__(rows)))
+  return _stack([source[i] for i in rows])
 
 
 class _PipelineIterator(grain.DatasetIterator):
