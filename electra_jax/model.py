@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from electra_jax import counter_rng
 from electra_jax.errors import UserInputError
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -230,42 +231,14 @@ def _gelu(x: jnp.ndarray) -> jnp.ndarray:
   return nn.gelu(x.astype(jnp.float32), approximate=False).astype(x.dtype)
 
 
-def _mix32(h: jnp.ndarray) -> jnp.ndarray:
-  """MurmurHash3's 32-bit finaliser: a bijection of uint32 with full avalanche."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
-
-
-def dropout_keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jnp.ndarray:
-  """bool mask, True with probability 1 - rate (to 2^-32), independently per element.
-
-  Counter-based: element i gets mix(mix(i ^ s1) + s2), with the 64-bit seed (s1, s2)
-  drawn from `key` by JAX's threefry.  `mix` is a bijection of uint32, so one mask has
-  no repeated values, and masks of different seeds are unrelated.  It costs a few
-  integer ops per element: on a CPU ~40x less than `jax.random.bernoulli`
-  (threefry per element), which made dropout ~15% of an ELECTRA-Small step
-  (benchmarks/train_step.py).  The counter is a global iota, so the mask of an
-  element does not depend on how the array is sharded over devices.
-  """
-  s1, s2 = jax.random.bits(key, (2,), jnp.uint32)
-  size = int(np.prod(shape))
-  if size >= 2 ** 32:
-    raise ValueError(f'dropout over {size} elements exceeds the 32-bit counter')
-  counter = jax.lax.iota(jnp.uint32, size).reshape(shape)
-  bits = _mix32(_mix32(counter ^ s1) + s2)
-  threshold = min(int(round(rate * 2.0 ** 32)), 2 ** 32 - 1)
-  return bits >= jnp.uint32(threshold)
-
-
 def _dropout(module: nn.Module, x: jnp.ndarray, rate: float,
              deterministic: bool) -> jnp.ndarray:
   """Inverted dropout drawing from `module`'s 'dropout' rng stream."""
   if rate == 0.0 or deterministic:
     return x
-  keep = dropout_keep_mask(module.make_rng('dropout'), rate, x.shape)
+  # Counter-hash mask (electra_jax/counter_rng.py): threefry per element cost ~15%
+  # of a CPU training step.
+  keep = counter_rng.keep_mask(module.make_rng('dropout'), rate, x.shape)
   # Scale in float32 (CPUs lack bf16 arithmetic; XLA fuses the casts elsewhere).
   scaled = x.astype(jnp.float32) * jnp.float32(1.0 / (1.0 - rate))
   return jnp.where(keep, scaled, 0.0).astype(x.dtype)

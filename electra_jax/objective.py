@@ -46,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from electra_jax import counter_rng
+
 AUC_BINS = 1000
 # Weight of the main model's MLM loss (replace_mlm, all_tokens_mlm, mlm).
 MODEL_MLM_WEIGHT = 1.0
@@ -177,8 +179,8 @@ def sample_tokens(rng, logits, s: ObjectiveSettings, original_ids=None):
   if s.disallow_correct:
     logits = logits - 1000.0 * jax.nn.one_hot(original_ids, logits.shape[-1],
                                               dtype=jnp.float32)
-  gumbel = jax.random.gumbel(rng, logits.shape, jnp.float32)
-  return jax.lax.stop_gradient(jnp.argmax(logits + gumbel, axis=-1).astype(jnp.int32))
+  gumbel = counter_rng.gumbel(rng, logits.shape)  # cheap per-element noise, see there
+  return jax.lax.stop_gradient(counter_rng.argmax(logits + gumbel, axis=-1))
 
 
 Sums = dict[str, jax.Array]
@@ -311,7 +313,7 @@ def replace_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
   sums = generator_sums(gen_logits=c.gen_logits, masked=c.masked, sampled=c.sampled,
                         mlm_per_slot=c.mlm_per_slot)
   sums.update(model_mlm_sums(masked=c.masked, per_slot=per_slot,
-                             predicted=jnp.argmax(logits, axis=-1)))
+                             predicted=counter_rng.argmax(logits, axis=-1)))
   return loss, _with_loss(sums, loss)
 
 
@@ -340,7 +342,7 @@ def copy_mixture_prediction(mlm_logits, copy_logits, input_ids):
   log_p_best = log_keep + jnp.max(mlm_logits, axis=-1) - lse
   log_p_input = copy_mixture_log_prob(mlm_logits, copy_logits, input_ids, input_ids)
   return jnp.where(log_p_input >= log_p_best, input_ids,
-                   jnp.argmax(mlm_logits, axis=-1).astype(input_ids.dtype))
+                   counter_rng.argmax(mlm_logits, axis=-1).astype(input_ids.dtype))
 
 
 def copy_mixture_distribution(mlm_logits, copy_logits, input_ids):
@@ -409,7 +411,7 @@ def bert_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
   w = masked.masked_weights
   loss = MODEL_MLM_WEIGHT * jnp.sum(per_slot * w) / jnp.maximum(jnp.sum(w), 1.0)
   sums = model_mlm_sums(masked=masked, per_slot=per_slot,
-                        predicted=jnp.argmax(logits, axis=-1))
+                        predicted=counter_rng.argmax(logits, axis=-1))
   return loss, _with_loss(sums, loss)
 
 
@@ -448,7 +450,7 @@ def _with_loss(sums: Sums, loss) -> Sums:
 def generator_sums(*, gen_logits, masked: MaskedBatch, sampled, mlm_per_slot) -> Sums:
   """Additive statistics of the generator's MLM (masked_lm_*, sampled_masked_lm_*)."""
   w = masked.masked_weights
-  pred = jnp.argmax(gen_logits, axis=-1)
+  pred = counter_rng.argmax(gen_logits, axis=-1)
   return {
       "mlm_slots": jnp.sum(w),
       "mlm_loss_sum": jnp.sum(mlm_per_slot * w),

@@ -1,0 +1,76 @@
+"""The counter-hash random numbers behind dropout and Gumbel sampling."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from electra_jax import counter_rng
+
+_jit = jax.jit
+
+
+def _tol(p, n):
+  """6 standard errors of a binomial proportion p over n draws."""
+  return 6 * np.sqrt(p * (1 - p) / n)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_keep_mask_rate_and_independence(rate):
+  """Keeps 1 - rate of the elements, with no structure between neighbours, rows or keys."""
+  shape = (64, 128, 128)  # 1M elements: the size of an attention-probability tensor
+  f = _jit(counter_rng.keep_mask, static_argnums=(1, 2))
+  a = np.asarray(f(jax.random.key(0), rate, shape))
+  b = np.asarray(f(jax.random.key(1), rate, shape))
+  keep = 1.0 - rate
+  assert abs(a.mean() - keep) < _tol(keep, a.size)
+  assert abs(b.mean() - keep) < _tol(keep, b.size)
+  for x, y in ((a[..., 1:], a[..., :-1]), (a[:, 1:], a[:, :-1]), (a[1:], a[:-1]), (a, b)):
+    assert abs((x & y).mean() - keep ** 2) < _tol(keep ** 2, x.size)
+  assert (a != b).any()
+
+
+def test_uniform_is_open_and_uniform_and_gumbel_is_gumbel():
+  u = np.asarray(_jit(counter_rng.uniform, static_argnums=1)(jax.random.key(2), (200_000,)))
+  assert u.dtype == np.float32 and u.min() > 0.0 and u.max() < 1.0
+  assert stats.kstest(u, "uniform").pvalue > 1e-4
+  g = np.asarray(_jit(counter_rng.gumbel, static_argnums=1)(jax.random.key(3), (200_000,)))
+  assert np.isfinite(g).all()
+  assert stats.kstest(g, "gumbel_r").pvalue > 1e-4
+  np.testing.assert_allclose(g.mean(), np.euler_gamma, atol=0.02)
+
+
+def test_argmax_matches_jnp_argmax_including_ties():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 5, size=(7, 9, 301)).astype(np.float32)  # many ties: first wins
+  for axis in (-1, 0, 1):
+    np.testing.assert_array_equal(np.asarray(counter_rng.argmax(jnp.asarray(x), axis)),
+                                  np.argmax(x, axis=axis))
+  nan_row = jnp.full((2, 5), jnp.nan)
+  assert int(counter_rng.argmax(nan_row).max()) <= 4  # still a valid index
+
+
+def test_values_do_not_depend_on_sharding():
+  """8 simulated devices computing sharded arrays give the single-device values."""
+  code = (
+      "import jax, numpy as np\n"
+      "from jax.sharding import NamedSharding, PartitionSpec as P\n"
+      "from electra_jax import counter_rng\n"
+      "mesh = jax.make_mesh((8,), ('d',))\n"
+      "for f in (lambda k: counter_rng.keep_mask(k, 0.1, (16, 4, 32, 32)),\n"
+      "          lambda k: counter_rng.gumbel(k, (16, 19, 300))):\n"
+      "  one = np.asarray(jax.jit(f)(jax.random.key(3)))\n"
+      "  sharded = jax.jit(f, out_shardings=NamedSharding(mesh, P('d')))(jax.random.key(3))\n"
+      "  assert len(sharded.sharding.device_set) == 8\n"
+      "  np.testing.assert_array_equal(np.asarray(sharded), one)\n"
+      "print('same')\n")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0 and "same" in out.stdout, out.stderr[-2000:]
