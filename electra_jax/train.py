@@ -12,6 +12,7 @@ state sharded over 'fsdp' (replicated when fsdp=1), the state buffers donated, a
 `config.train.grad_accum_steps` micro-batches scanned inside the step.
 """
 
+import ctypes
 import dataclasses
 import json
 import math
@@ -334,6 +335,26 @@ class Training:
     shape = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=self.batch_sharding)
     return {k: shape for k in ("input_ids", "input_mask", "segment_ids")}
 
+  def compile_train_step(self, state, batch_size: int, seq_len: int):
+    """(the train step compiled ahead of time for `state` and this batch shape, seconds).
+
+    Afterwards the host memory the compiler freed is handed back to the OS: glibc
+    keeps it otherwise, ~300 MB of resident memory for ELECTRA-Small for the whole run.
+    """
+    t0 = time.perf_counter()
+    compiled = self.train_step.lower(state, self.abstract_batch(batch_size, seq_len)).compile()
+    seconds = time.perf_counter() - t0
+    release_freed_host_memory()
+    return compiled, seconds
+
+
+def release_freed_host_memory():
+  """Returns memory that the process freed to the OS (glibc's malloc_trim; else a no-op)."""
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+    pass
+
 
 def build_training(config: ml_collections.ConfigDict, tokenizer, mesh: Mesh) -> Training:
   """Everything the loop (and `electra_jax.aot`) needs to run or compile the steps.
@@ -519,10 +540,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ----------------------------------------------------------------- loop
   tokens_per_step = t.batch_size * seq_len
-  t0 = time.perf_counter()
-  compiled = training.train_step.lower(
-      state, training.abstract_batch(t.batch_size, seq_len)).compile()
-  compile_s = time.perf_counter() - t0
+  compiled, compile_s = training.compile_train_step(state, t.batch_size, seq_len)
   if jax.process_index() == 0:
     print(f"compiled the training step in {compile_s:.1f}s", flush=True)
 
