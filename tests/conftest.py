@@ -70,6 +70,35 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def straight_run(corpus_glob, cache_dir, tmp_path_factory):
+  """The workdir of an uninterrupted 8-step tiny run, run once.
+
+  The run that tests/test_train.py's resume test and tests/test_operate.py's
+  preemption and checkpoint-recovery tests compare their interrupted runs with; they
+  build the same config with the `straight_config` fixture.
+  """
+  from electra_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("straight") / "run"
+  train.train_and_evaluate(_straight_config(corpus_glob, cache_dir), str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def straight_config():
+  """The factory `straight_config(corpus_glob, cache_dir, **train_overrides)`."""
+  return _straight_config
+
+
+def _straight_config(corpus_glob, cache_dir, **train_overrides):
+  """`straight_run`'s config (8 steps, a log line per step, no eval or checkpoint on
+  the way); the overrides (stop_at, checkpoint_every, ...) leave the compiled program
+  as it is."""
+  kw = {"steps": 8, "log_every": 1, "eval_every": 100, "checkpoint_every": 100,
+        **train_overrides}
+  return _tiny_config(corpus_glob, cache_dir, **kw)
+
+
+@pytest.fixture(scope="session")
 def tiny_pretrained_run(corpus_glob, cache_dir, tmp_path_factory):
   """A 600-step tiny pretraining, run once: (workdir, config, final held-out metrics).
 

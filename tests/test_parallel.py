@@ -113,8 +113,17 @@ def _run_worker(tmp_path, name, corpus_glob, cache_dir, data, fsdp, devices=1, e
                 accum=1):
   out = tmp_path / f"{name}.npz"
   e = dict(os.environ)
-  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  # Every worker, the reference included, compiles with the same flags, so the runs
+  # stay comparable; like tests/test_model.py's `_jit`, they skip XLA's costly LLVM
+  # backend passes (the runs check values, not speed): compiling is most of a worker's
+  # time, and this takes about a third off it.
+  e["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
+                    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
   e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+  # The suite's persistent compilation cache (tests/conftest.py) rather than a fresh
+  # temporary one per worker: no worker leaves a cache directory of its own behind, and
+  # a program compiled once (by any worker, or a rerun) is read back, not compiled again.
+  e["ELECTRA_JAX_TEST_XLA_CACHE"] = jax.config.jax_compilation_cache_dir
   e.update(env or {})
   cmd = [sys.executable, str(WORKER), str(out), str(tmp_path / name), corpus_glob, cache_dir,
          str(data), str(fsdp), str(accum)]
@@ -143,23 +152,61 @@ def _assert_same_run(a, b, what):
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, corpus_glob, cache_dir):
-  """One device, one process: what every parallel layout must reproduce."""
+def reference_run(tiny_config, tmp_path_factory, corpus_glob, cache_dir):
+  """One device, one process: what every parallel layout must reproduce.
+
+  (tmp, get): the run starts here and `get()` waits for its result, so that a test
+  starts its own layouts before it waits and the workers compile side by side (a
+  worker is mostly compiling, and alone it leaves part of the machine idle).
+  """
+  from electra_jax.data.select import prepare_dataset  # pylint: disable=g-import-not-at-top
+  # Workers that run side by side must not race to build the shared data cache: build
+  # it (vocab, dataset) here first; the workers' data config asks for the same one.
+  prepare_dataset(tiny_config(corpus_glob, cache_dir).data)
   tmp = tmp_path_factory.mktemp("parallel")
   out, proc = _run_worker(tmp, "reference", corpus_glob, cache_dir, data=-1, fsdp=1)
-  _wait(proc, "1-device run")
-  return tmp, _load(out)
+  result = {}
+
+  def get():
+    if "error" in result:
+      pytest.fail(result["error"])
+    if "run" not in result:
+      try:
+        _wait(proc, "1-device run")
+      except AssertionError as e:
+        result["error"] = str(e)
+        raise
+      result["run"] = _load(out)
+    return result["run"]
+
+  yield tmp, get
+  _stop(proc)
+
+
+def _stop(*procs):
+  """Ends workers a failed test left running (none, when every test passed)."""
+  for proc in procs:
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
 
 
 def test_eight_devices_data_and_fsdp_meshes_match_one_device(reference_run, corpus_glob,
                                                              cache_dir):
-  tmp, ref = reference_run
-  runs = {}
-  for name, data, fsdp in [("data8", 8, 1), ("data2_fsdp4", 2, 4)]:
-    out, proc = _run_worker(tmp, name, corpus_glob, cache_dir, data, fsdp, devices=8)
-    log = _wait(proc, name)
-    assert f"mesh data {data} x fsdp {fsdp}" in log
-    runs[name] = _load(out)
+  tmp, reference = reference_run
+  layouts = [("data8", 8, 1), ("data2_fsdp4", 2, 4)]
+  procs = {name: _run_worker(tmp, name, corpus_glob, cache_dir, data, fsdp, devices=8)
+           for name, data, fsdp in layouts}
+  try:
+    ref = reference()
+    runs = {}
+    for name, data, fsdp in layouts:
+      out, proc = procs[name]
+      log = _wait(proc, name)
+      assert f"mesh data {data} x fsdp {fsdp}" in log
+      runs[name] = _load(out)
+  finally:
+    _stop(*(proc for _, proc in procs.values()))
   assert int(runs["data8"]["__devices"]) == 8 and int(runs["data8"]["__sharded_leaves"]) == 0
   assert int(runs["data2_fsdp4"]["__sharded_leaves"]) > 0  # the embedding tables at least
   for name, run in runs.items():
@@ -168,7 +215,7 @@ def test_eight_devices_data_and_fsdp_meshes_match_one_device(reference_run, corp
 
 def test_two_processes_match_one_process(reference_run, corpus_glob, cache_dir):
   """jax.distributed over 127.0.0.1: each process feeds its rows of the global batch."""
-  tmp, ref = reference_run
+  tmp, reference = reference_run
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -178,8 +225,12 @@ def test_two_processes_match_one_process(reference_run, corpus_glob, cache_dir):
            "JAX_PROCESS_ID": str(pid)}
     procs.append(_run_worker(tmp, "two_processes", corpus_glob, cache_dir, data=-1, fsdp=1,
                              env=env))
-  for pid, (_, proc) in enumerate(procs):
-    _wait(proc, f"process {pid}")
+  try:
+    ref = reference()
+    for pid, (_, proc) in enumerate(procs):
+      _wait(proc, f"process {pid}")
+  finally:
+    _stop(*(proc for _, proc in procs))
   run = _load(procs[0][0])
   assert int(run["__processes"]) == 2 and int(run["__devices"]) == 2
   _assert_same_run(ref, run, "2 processes")

@@ -70,18 +70,17 @@ def _params(workdir):
   return step, restored["state"]
 
 
-def test_resume_matches_uninterrupted_run(tiny_config, corpus_glob, cache_dir, tmp_path):
+def test_resume_matches_uninterrupted_run(straight_run, straight_config, corpus_glob, cache_dir,
+                                          tmp_path):
+  # straight_run: `straight` run uninterrupted, once for this test and test_operate.py's.
   steps = 8
-  straight = tiny_config(corpus_glob, cache_dir, steps=steps, log_every=1, eval_every=100,
-                         checkpoint_every=100)
-  train.train_and_evaluate(straight, str(tmp_path / "straight"))
-  part = tiny_config(corpus_glob, cache_dir, steps=steps, log_every=1, eval_every=100,
-                     checkpoint_every=100, stop_at=steps // 2)
+  straight = straight_config(corpus_glob, cache_dir)
+  part = straight_config(corpus_glob, cache_dir, stop_at=steps // 2)
   train.train_and_evaluate(part, str(tmp_path / "resumed"))
   assert _params(tmp_path / "resumed")[0] == steps // 2
   train.train_and_evaluate(straight, str(tmp_path / "resumed"))
 
-  step_a, state_a = _params(tmp_path / "straight")
+  step_a, state_a = _params(straight_run)
   step_b, state_b = _params(tmp_path / "resumed")
   assert step_a == step_b == steps
   leaves_a = jax.tree.leaves(state_a)
@@ -91,16 +90,15 @@ def test_resume_matches_uninterrupted_run(tiny_config, corpus_glob, cache_dir, t
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
   # Identical data order: every step's training loss (a function of its batch) matches.
   loss = lambda rows: {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
-  a, b = loss(read_metrics(tmp_path / "straight")), loss(read_metrics(tmp_path / "resumed"))
+  a, b = loss(read_metrics(straight_run)), loss(read_metrics(tmp_path / "resumed"))
   assert sorted(b) == list(range(1, steps + 1))
   for s in range(1, steps + 1):
     assert a[s] == pytest.approx(b[s], rel=1e-6), s
 
 
-def test_resume_refuses_a_different_model(tiny_config, corpus_glob, cache_dir, tmp_path):
-  # 8 steps stopped after 2: the program test_resume_matches_uninterrupted_run compiles.
-  config = tiny_config(corpus_glob, cache_dir, steps=8, log_every=1, eval_every=100,
-                       checkpoint_every=1, stop_at=2)
+def test_resume_refuses_a_different_model(straight_config, corpus_glob, cache_dir, tmp_path):
+  # 8 steps stopped after 2: straight_run's program, so it is read from the cache.
+  config = straight_config(corpus_glob, cache_dir, checkpoint_every=1, stop_at=2)
   train.train_and_evaluate(config, str(tmp_path / "run"))
   config.model.hidden_size = 128
   with pytest.raises(UserInputError, match="model"):
