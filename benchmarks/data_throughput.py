@@ -45,6 +45,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("electra_jax") is None:
   sys.path.insert(0, str(REPO))
 
+from machine import cpu_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 SEQ_LEN = 128
 BATCH = 128
 # Training consumption to compare the pipeline with (tokens/s).
@@ -74,17 +76,6 @@ def _parse_args(argv):
 
 # ----------------------------------------------------------------------------
 # Machine
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def _git(*args: str) -> str:
@@ -281,7 +272,7 @@ def main(argv=None):
       "date": datetime.datetime.now(datetime.timezone.utc).strftime(
           "%Y-%m-%d %H:%M UTC"),
       "nproc": len(os.sched_getaffinity(0)),
-      "cpu_model": _cpu_model(),
+      "cpu_model": cpu_model(),
       "code": _code_version(),
       "command": shlex.join(["python", *sys.argv]),
       "corpus": args.corpus,

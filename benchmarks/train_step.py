@@ -40,7 +40,6 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import threading
@@ -49,6 +48,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
+
+from machine import cpu_model, rss_bytes  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 VOCAB_SIZE = 30522  # the original uncased WordPiece vocab
 PAD, CLS, SEP, MASK = 0, 101, 102, 103  # its special ids
@@ -62,19 +63,14 @@ class PeakRSS:
 
   def __init__(self, interval_s: float = 0.002):
     self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
-    self._page = os.sysconf("SC_PAGE_SIZE")
-
-  def _rss(self) -> int:
-    with open("/proc/self/statm", encoding="ascii") as f:
-      return int(f.read().split()[1]) * self._page
 
   def _run(self):
     while not self._stop.is_set():
-      self.peak = max(self.peak, self._rss())
+      self.peak = max(self.peak, rss_bytes())
       time.sleep(self.interval_s)
 
   def __enter__(self):
-    self.peak = self._rss()
+    self.peak = rss_bytes()
     self._thread = threading.Thread(target=self._run, daemon=True)
     self._thread.start()
     return self
@@ -82,23 +78,7 @@ class PeakRSS:
   def __exit__(self, *exc):
     self._stop.set()
     self._thread.join()
-    self.peak = max(self.peak, self._rss())
-
-
-def rss_now() -> int:
-  with open("/proc/self/statm", encoding="ascii") as f:
-    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown CPU"
+    self.peak = max(self.peak, rss_bytes())
 
 
 def _config(size: str, batch: int, seq: int, dtype: str, scan_layers: bool = True,
@@ -167,7 +147,7 @@ def xla_flops_unrolled(size: str, batch: int, seq: int, dtype: str) -> float:
 def run_ours(size: str, batch: int, seq: int, steps: int, dtype: str, remat: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from electra_jax import aot, flops, parallel, train  # pylint: disable=g-import-not-at-top
-  baseline_rss = rss_now()
+  baseline_rss = rss_bytes()
   config = _config(size, batch, seq, dtype, remat=remat)
   mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
   training = train.build_training(config, aot.StandInTokenizer(VOCAB_SIZE), mesh)
@@ -247,7 +227,7 @@ def worker_peer(args) -> dict:
   import transformers  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count() or 1)
   torch.manual_seed(0)
-  baseline_rss = rss_now()
+  baseline_rss = rss_bytes()
   disc_kw, gen_kw, c = _peer_sizes(args.size)
   disc = transformers.ElectraForPreTraining(transformers.ElectraConfig(**disc_kw))
   gen = transformers.ElectraForMaskedLM(transformers.ElectraConfig(**gen_kw))
@@ -361,12 +341,12 @@ def _mib(x: float) -> str:
 def report(args, ours: dict, peer: dict | None) -> str:
   fp32_roof = ours["roofline"].get("float32", {}).get("gflops")
   lines = [
-      f"# Training step: electra_jax vs the PyTorch / Hugging Face peer",
+      "# Training step: electra_jax vs the PyTorch / Hugging Face peer",
       "",
       f"ELECTRA-{args.size}, objective electra, batch {args.batch} x {args.seq} tokens, "
       f"vocab {VOCAB_SIZE}, dropout on, {args.steps} timed steps after 2 warm-up steps, best "
       f"of {args.rounds} alternating rounds.",
-      f"Machine: {os.cpu_count()} x {cpu_name()}, {ours['platform']} "
+      f"Machine: {os.cpu_count()} x {cpu_model()}, {ours['platform']} "
       f"(jax {ours['jax']}); measured {datetime.datetime.now():%Y-%m-%d %H:%M}.",
       f"Command: `python benchmarks/train_step.py {' '.join(args.forwarded)}`",
       "",
