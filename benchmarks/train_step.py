@@ -17,6 +17,9 @@ machine does not decide the ratio:
   same process.  The analytic FLOP count (`electra_jax/flops.py`) is cross-checked against
   XLA's cost analysis of the same step lowered with unrolled layers (scanned layers are
   counted once by XLA).
+  Like `python -m electra_jax.train`, the worker first re-executes itself with glibc's
+  huge-page malloc (electra_jax/host_memory.py); ELECTRA_JAX_HUGE_PAGES=0 measures
+  without.
 * ``peer``: the same ELECTRA step built the way electra_pytorch does it, from Hugging
   Face transformers in PyTorch: ElectraForMaskedLM generator and ElectraForPreTraining
   discriminator of the same sizes sharing one embedding block and the output table,
@@ -183,9 +186,12 @@ def run_ours(size: str, batch: int, seq: int, steps: int, dtype: str, remat: str
 
 
 def worker_ours(args) -> dict:
+  from electra_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.reexec_with_huge_pages()  # as `python -m electra_jax.train` does
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu") if not os.environ.get("JAX_PLATFORMS") else None
   result = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
             "jax": jax.__version__, "roofline": {}, "runs": []}
   for dtype in args.dtypes.split(","):
     result["roofline"][dtype] = matmul_roofline(dtype)

@@ -6,6 +6,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from electra_jax import host_memory
 from electra_jax.errors import run_cli
 
 
@@ -19,6 +20,12 @@ def define_config_flags(default_config: str | None = None):
   return config, workdir
 
 
-def run(main):
-  """absl.app.run(main) where a UserInputError prints one `error:` line and exits 2."""
+def run(main, huge_pages: bool = False):
+  """absl.app.run(main) where a UserInputError prints one `error:` line and exits 2.
+
+  `huge_pages`: first re-execute with glibc's huge-page malloc (electra_jax/host_memory.py),
+  for the commands that run training steps.
+  """
+  if huge_pages:
+    host_memory.reexec_with_huge_pages()
   app.run(lambda argv: run_cli(main, argv), argv=sys.argv)

@@ -838,4 +838,4 @@ if __name__ == "__main__":
     del argv
     finetune_and_evaluate(_CONFIG.value, _WORKDIR.value)  # results are in the workdir
 
-  cli.run(_main)
+  cli.run(_main, huge_pages=True)

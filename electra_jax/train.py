@@ -12,7 +12,6 @@ state sharded over 'fsdp' (replicated when fsdp=1), the state buffers donated, a
 `config.train.grad_accum_steps` micro-batches scanned inside the step.
 """
 
-import ctypes
 import dataclasses
 import json
 import math
@@ -33,6 +32,7 @@ from etils import epath
 from jax.sharding import Mesh
 
 from electra_jax import flops
+from electra_jax import host_memory
 from electra_jax import objective
 from electra_jax import optim
 from electra_jax import parallel
@@ -344,16 +344,8 @@ class Training:
     t0 = time.perf_counter()
     compiled = self.train_step.lower(state, self.abstract_batch(batch_size, seq_len)).compile()
     seconds = time.perf_counter() - t0
-    release_freed_host_memory()
+    host_memory.release_freed()
     return compiled, seconds
-
-
-def release_freed_host_memory():
-  """Returns memory that the process freed to the OS (glibc's malloc_trim; else a no-op)."""
-  try:
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-  except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-    pass
 
 
 def build_training(config: ml_collections.ConfigDict, tokenizer, mesh: Mesh) -> Training:
@@ -721,4 +713,5 @@ def _log_train(writer: MetricWriter, step: int, pending,
 if __name__ == "__main__":
   from electra_jax import cli  # pylint: disable=g-import-not-at-top
   _CONFIG, _WORKDIR = cli.define_config_flags()
-  cli.run(lambda argv: train_and_evaluate(_CONFIG.value, _WORKDIR.value))
+  cli.run(lambda argv: train_and_evaluate(_CONFIG.value, _WORKDIR.value),
+          huge_pages=True)

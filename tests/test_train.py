@@ -159,33 +159,3 @@ def test_throughput_excludes_pauses_and_counts_steps_between_fetches(monkeypatch
   assert clock.measure(20) == (5.0, 2.0)  # 10 steps in 2 busy seconds
   now[0] = 105.0
   assert clock.measure(30) == (10.0, 1.0)  # the pause does not carry over
-
-
-def test_release_freed_host_memory_returns_freed_heap_to_the_os():
-  """Memory freed in the middle of glibc's heap (as the compiler leaves it) is handed back."""
-  import ctypes  # pylint: disable=g-import-not-at-top
-  try:
-    libc = ctypes.CDLL("libc.so.6")
-    libc.malloc_trim  # pylint: disable=pointless-statement
-  except (OSError, AttributeError):
-    pytest.skip("not glibc")
-  libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-  libc.free.argtypes = [ctypes.c_void_p]
-  libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
-
-  def rss():
-    with open("/proc/self/statm", encoding="ascii") as f:
-      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-  chunk, count = 64 * 1024, 3200  # 200 MiB in chunks below the mmap threshold
-  blocks = [libc.malloc(chunk) for _ in range(count)]
-  guard = libc.malloc(chunk)  # keeps the freed blocks below the top of the heap
-  for b in blocks:
-    libc.memset(b, 1, chunk)
-  for b in blocks:
-    libc.free(b)
-  before = rss()
-  train.release_freed_host_memory()
-  after = rss()
-  libc.free(guard)
-  assert before - after > 100 * 2 ** 20, (before, after)
