@@ -305,6 +305,20 @@ class Embeddings(nn.Module):
     return self.word_embeddings.embedding
 
 
+class _Projection(nn.Module):
+  """The kernel and bias of a dense layer (as nn.Dense names and initialises them)."""
+  cfg: EncoderConfig
+  in_features: int
+  features: int
+
+  @nn.compact
+  def __call__(self) -> tuple[jnp.ndarray, jnp.ndarray]:
+    kernel = self.param('kernel', _kernel_init(self.cfg), (self.in_features, self.features),
+                        jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    return kernel, bias
+
+
 class SelfAttention(nn.Module):
   """HF `attention.self`: query/key/value projections and scaled dot-product attention."""
   cfg: EncoderConfig
@@ -315,10 +329,15 @@ class SelfAttention(nn.Module):
     """x [B, L, H]; mask [B, 1, 1, L] bool (True = key may be attended). -> [B, L, H]."""
     cfg = self.cfg
     heads, head_dim = cfg.num_heads, cfg.hidden_size // cfg.num_heads
-    split = lambda t: t.reshape(t.shape[:-1] + (heads, head_dim))
-    q = split(_dense(cfg, cfg.hidden_size, 'query')(x))
-    k = split(_dense(cfg, cfg.hidden_size, 'key')(x))
-    v = split(_dense(cfg, cfg.hidden_size, 'value')(x))
+    # One [tokens, hidden] x [hidden, 3 * hidden] matmul for the three projections (the
+    # parameters stay HF's separate query/key/value kernels and biases).
+    kernels, biases = zip(*(_Projection(cfg, x.shape[-1], cfg.hidden_size, name=n)()
+                            for n in ('query', 'key', 'value')))
+    dt = cfg.compute_dtype
+    flat = x.reshape(-1, x.shape[-1]).astype(dt)
+    qkv = flat @ jnp.concatenate(kernels, axis=1).astype(dt) + jnp.concatenate(biases).astype(dt)
+    qkv = qkv.reshape(x.shape[:-1] + (3, heads, head_dim))
+    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     use_dropout = cfg.attention_dropout_rate > 0.0 and not self.deterministic
     if use_dropout:
       out = explicit_attention(q, k, v, mask, dropout=lambda p: _dropout(
