@@ -387,6 +387,10 @@ def report(args, ours: dict, peer: dict | None) -> str:
         f"electra_pytorch does: {peer['extra_flops_per_step'] / 1e9:.1f} GFLOP per step more "
         f"than the model FLOPs above (which count only the masked slots).")
   lines.append("")
+  tunables = ours.get("glibc_tunables", "")
+  lines.append(f"Ours ran with GLIBC_TUNABLES={tunables}, as `python -m electra_jax.train` does "
+               "(electra_jax/host_memory.py); the peer with the machine's defaults."
+               if tunables else "Ours ran without glibc's huge-page malloc.")
   buf = fp32["xla_buffers"]
   lines.append(
       f"Ours float32, XLA's buffers: arguments {_mib(buf['arguments'])} (params, Adam "
