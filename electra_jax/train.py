@@ -421,6 +421,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   import grain  # pylint: disable=g-import-not-at-top
   from electra_jax.data.dataset import check_compatible, open_dataset  # pylint: disable=g-import-not-at-top
   from electra_jax.data.pipeline import eval_batches, train_iterator  # pylint: disable=g-import-not-at-top
+  from electra_jax.data.to_device import DevicePrefetchIterator  # pylint: disable=g-import-not-at-top
   from electra_jax.data.select import prepare_dataset  # pylint: disable=g-import-not-at-top
 
   # ------------------------------------------------------------------ setup
@@ -440,8 +441,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     wanted = load_tokenizer(config.data.vocab).fingerprint
     check_compatible(built, vocab_fingerprint=wanted, max_seq_length=config.data.max_seq_length)
   seq_len = config.data.max_seq_length
-  train_iter = train_iterator(built.sources["train"], global_batch_size=t.batch_size,
-                              seed=config.data.seed, prefetch=config.data.prefetch)
   eval_data = eval_batches(built.sources["validation"], global_batch_size=t.batch_size,
                            num_batches=t.eval_batches)
 
@@ -449,6 +448,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   training = build_training(config, tokenizer, mesh)
   abstract_state, state_sharding = training.abstract_state, training.state_sharding
   batch_sharding, eval_step = training.batch_sharding, training.eval_step
+  # Host batches come from the pipeline; a thread puts them on the devices ahead.
+  train_iter = DevicePrefetchIterator(
+      train_iterator(built.sources["train"], global_batch_size=t.batch_size,
+                     seed=config.data.seed, prefetch=config.data.prefetch),
+      put=lambda host: _device_batch(host, batch_sharding))
   has_generator = objective_heads(config.objective).generator
 
   # ------------------------------------------------------------ checkpoints
@@ -572,7 +576,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     while step < end:
       tin = time.perf_counter()
-      batch = _device_batch(next(train_iter), batch_sharding)
+      batch = next(train_iter)
       input_s += time.perf_counter() - tin
       state, sums = compiled(state, batch)  # asynchronous: the host runs ahead
       step += 1
@@ -612,6 +616,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   except _NonFinite as e:  # a non-finite loss seen at a log step
     raise NonFiniteLossError(e.step, e.value, manager.latest_step(), workdir) from None
   finally:  # a save in flight completes whatever happens
+    train_iter.close()
     preemption.restore()
     manager.wait_until_finished()
     manager.close()
