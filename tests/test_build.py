@@ -14,6 +14,8 @@ import tensorflow_datasets as tfds
 
 from electra_jax import tokenization
 from electra_jax.data import build
+from electra_jax.data import build_shards
+from electra_jax.data import build_units
 from electra_jax.data import dataset
 from electra_jax.data import records
 from electra_jax.data import vocab as vocab_lib
@@ -285,7 +287,7 @@ def test_unit_cuts_fall_on_document_boundaries(tmp_path):
                   for d in range(200) for l in range(5))
   path = tmp_path / "x.txt"
   path.write_bytes(text)
-  plan = build._plan_text_units  # pylint: disable=protected-access
+  plan = build_units.plan_text_units
   units, sizes = plan([epath.Path(path)], 1000)
   assert len(units) > 10 and sizes == [len(text)]
   assert units[0].start == 0 and units[-1].end == len(text)
@@ -389,7 +391,8 @@ def test_several_shards_read_back_in_order(built, corpus, tmp_path,
                                            monkeypatch, workers):
   # tfds only shards splits of 128 MiB or more; force 3 shards (at most one
   # per example).
-  monkeypatch.setattr(build, "_num_shards", lambda num_bytes, n: min(3, n))
+  monkeypatch.setattr(build_shards, "_num_shards",
+                      lambda num_bytes, n: min(3, n))
   out = tmp_path / "sharded"
   build_at(corpus, out, num_workers=workers)
   other = dataset.open_dataset(str(out))

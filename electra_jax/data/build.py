@@ -45,6 +45,10 @@ takes about as much disk space as the dataset until the end.
 The dataset is written into a temporary directory beside --output_dir and
 renamed into place at the end, so an interrupted build leaves nothing that looks
 complete.  See `electra_jax.data.dataset` for the layout and for reading it.
+
+This module runs the workers and routes their output; cutting the input into
+units and reading their text is `electra_jax.data.build_units`, writing the
+shards `electra_jax.data.build_shards`.
 """
 
 import argparse
@@ -55,18 +59,18 @@ import hashlib
 import io
 import multiprocessing
 import os
-import re
 import sys
 import threading
 import time
 from typing import Any, Iterator, Sequence
 import uuid
 
-from array_record.python import array_record_module
 from etils import epath
 import numpy as np
 
 from electra_jax import tokenization
+from electra_jax.data import build_shards as shards_lib
+from electra_jax.data import build_units as units_lib
 from electra_jax.data import examples as examples_lib
 from electra_jax.data import records as records_lib
 from electra_jax.data import vocab as vocab_lib
@@ -79,35 +83,9 @@ DEFAULT_UNIT_BYTES = 16 << 20
 _TOKENIZE_BATCH_LINES = 1024
 _TOKENIZE_BATCH_CHARS = 1 << 20
 _PROGRESS_EVERY_S = 5.0
-# What tfds' ArrayRecord writer uses (one record a chunk: fast random access).
-_ARRAY_RECORD_OPTIONS = "group_size:1"
-_COPY_BATCH_RECORDS = 4096
-_BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
 
 _COUNT_KEYS = ("documents", "lines", "tokens", "tokens_in_examples",
                "long_lines_split", "invalid_utf8_lines", "bytes")
-
-
-# ----------------------------------------------------------------------------
-# Work units
-
-
-@dataclasses.dataclass(frozen=True)
-class _Unit:
-  """A piece of input processed by one worker call."""
-  index: int  # Global unit index: seeds the unit's RNG and its split hash.
-  source: int  # Index of the input file (text) or 0 (tfds).
-  path: str  # File path (text); unused for tfds.
-  start: int  # Byte offset (text) or record index (tfds).
-  end: int
-
-
-@dataclasses.dataclass(frozen=True)
-class _TfdsSpec:
-  name: str  # Registered name (optionally name:version) or a directory.
-  split: str
-  data_dir: str | None
-  text_key: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,127 +94,8 @@ class _WorkerSettings:
   max_seq_length: int
   seed: int
   validation_fraction: float
-  tfds: _TfdsSpec | None
+  tfds: units_lib.TfdsSpec | None
   spill_dir: str  # Where workers write the units' serialized examples.
-
-
-def _find_cut(f, nominal: int, size: int, scan_limit: int) -> int:
-  """A document boundary at or after byte `nominal` of an open binary file.
-
-  Returns the offset just past the first blank line found at or after
-  `nominal`; if none lies within `scan_limit` bytes, the start of the first line
-  after `nominal` (the document is then split there); `size` if neither exists.
-  """
-  base = nominal - 1
-  f.seek(base)
-  buf = b""
-  first_newline = None
-  while True:
-    block = f.read(1 << 20)
-    if not block:
-      break
-    buf += block
-    match = _BLANK_LINE.search(buf)
-    if match:
-      return base + match.end()
-    if first_newline is None:
-      i = buf.find(b"\n")
-      if i >= 0:
-        first_newline = base + i + 1
-    if first_newline is not None and base + len(buf) - nominal > scan_limit:
-      return first_newline
-    j = buf.rfind(b"\n")
-    if j >= 0:
-      base += j
-      buf = buf[j:]
-    else:
-      base += len(buf)
-      buf = b""
-  return first_newline if first_newline is not None else size
-
-
-def _plan_text_units(files: Sequence[epath.Path], unit_bytes: int):
-  """Splits files into byte ranges; returns (units, sizes)."""
-  units, sizes = [], []
-  for source, path in enumerate(files):
-    size = path.stat().length
-    sizes.append(size)
-    cuts = [0]
-    if size > unit_bytes + unit_bytes // 2:
-      with path.open("rb") as f:
-        pos = 0
-        while size - pos > unit_bytes + unit_bytes // 2:
-          cut = _find_cut(f, pos + unit_bytes, size, unit_bytes)
-          if cut >= size:
-            break
-          cuts.append(cut)
-          pos = cut
-    cuts.append(size)
-    for start, end in zip(cuts[:-1], cuts[1:]):
-      units.append(_Unit(len(units), source, str(path), start, end))
-  return units, sizes
-
-
-def _open_tfds_source(spec: _TfdsSpec):
-  """A random-access data source for the tfds input (ArrayRecord, no TF)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from electra_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  looks_like_path = "/" in spec.name or spec.name.startswith(".")
-  try:
-    if looks_like_path:
-      version_dir = dataset_lib.find_version_dir(spec.name)
-      if version_dir is None:
-        raise UserInputError(
-            f"--tfds={spec.name} is not a prepared tfds dataset directory (no "
-            f"dataset_info.json in it or in a version dir below it)")
-      builder = tfds.builder_from_directory(str(version_dir))
-    else:
-      builder = tfds.builder(spec.name, data_dir=spec.data_dir)
-    if spec.split not in builder.info.splits:
-      raise UserInputError(
-          f"tfds dataset {spec.name} has no split {spec.split!r} (it has "
-          f"{', '.join(sorted(builder.info.splits)) or 'none: not prepared'}); "
-          f"pass --tfds_split")
-    return builder.as_data_source(split=spec.split)
-  except UserInputError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise UserInputError(
-        f"cannot read tfds dataset {spec.name} split {spec.split} without "
-        f"TensorFlow ({msg}); it must be prepared in array_record format "
-        f"(pass --tfds_data_dir, or the dataset's directory as --tfds)"
-    ) from None
-
-
-def _record_text(record: Any, key: str) -> Any:
-  if not isinstance(record, dict) or key not in record:
-    keys = ", ".join(sorted(record)) if isinstance(record, dict) else "?"
-    raise UserInputError(f"tfds records have no field {key!r} (fields: "
-                         f"{keys}); pass --tfds_text_key")
-  value = record[key]
-  if isinstance(value, np.ndarray) and value.shape == ():
-    value = value.item()
-  if not isinstance(value, (bytes, str)):
-    raise UserInputError(f"tfds field {key!r} is not text (got "
-                         f"{type(value).__name__}); pass --tfds_text_key")
-  return value
-
-
-def _plan_tfds_units(spec: _TfdsSpec, unit_bytes: int) -> tuple[list[_Unit],
-                                                                 int]:
-  """Splits the records into ranges of about unit_bytes of text."""
-  source = _open_tfds_source(spec)
-  n = len(source)
-  if n == 0:
-    raise UserInputError(f"tfds dataset {spec.name} split {spec.split} is "
-                         f"empty; nothing to build from")
-  sample = [_record_text(source[i], spec.text_key) for i in range(min(n, 64))]
-  mean = max(1.0, sum(len(t) for t in sample) / len(sample))
-  per_unit = max(1, int(unit_bytes / mean))
-  units = [_Unit(i, 0, spec.name, s, min(n, s + per_unit))
-           for i, s in enumerate(range(0, n, per_unit))]
-  return units, n
 
 
 # ----------------------------------------------------------------------------
@@ -251,96 +110,15 @@ def _init_worker(settings: _WorkerSettings) -> None:
   _worker_state["settings"] = settings
   _worker_state["tokenizer"] = tokenization.load_tokenizer(settings.vocab_path)
   if settings.tfds is not None:
-    _worker_state["tfds_source"] = _open_tfds_source(settings.tfds)
-
-
-def _decode(raw: bytes) -> tuple[str, int]:
-  try:
-    return raw.decode("utf-8"), 0
-  except UnicodeDecodeError:
-    return raw.decode("utf-8", errors="replace"), 1
-
-
-def _text_unit_lines(unit: _Unit, stats: collections.Counter):
-  """Yields the unit's lines (str) with '' marking document boundaries."""
-  with epath.Path(unit.path).open("rb") as f:
-    f.seek(unit.start)
-    data = f.read(unit.end - unit.start)
-  stats["bytes"] += len(data)
-  try:
-    lines = data.decode("utf-8").split("\n")
-  except UnicodeDecodeError:
-    lines = []
-    for raw in data.split(b"\n"):
-      line, bad = _decode(raw)
-      stats["invalid_utf8_lines"] += bad
-      lines.append(line)
-  if unit.start == 0 and lines and lines[0].startswith("\ufeff"):
-    lines[0] = lines[0][1:]  # Byte-order mark.
-  return lines
-
-
-def _tfds_unit_lines(unit: _Unit, stats: collections.Counter):
-  source = _worker_state["tfds_source"]
-  key = _worker_state["settings"].tfds.text_key
-  lines = []
-  for start in range(unit.start, unit.end, 256):
-    indices = list(range(start, min(unit.end, start + 256)))
-    if hasattr(source, "__getitems__"):
-      records = source.__getitems__(indices)
-    else:
-      records = [source[i] for i in indices]
-    for record in records:
-      text = _record_text(record, key)
-      if isinstance(text, bytes):
-        stats["bytes"] += len(text)
-        text, bad = _decode(text)
-        stats["invalid_utf8_lines"] += bad
-      else:
-        stats["bytes"] += len(text.encode("utf-8", errors="replace"))
-      if not text.strip():
-        stats["empty_records"] += 1
-      # Each record is one document: blank lines inside it do not split it.
-      lines.extend(line for line in text.split("\n") if line.strip())
-      lines.append("")
-  return lines
-
-
-def _unit_texts(unit: _Unit, stats: collections.Counter
-               ) -> tuple[list[str], list[int]]:
-  """The unit's non-blank lines (stripped) and the document of each."""
-  if _worker_state["settings"].tfds is None:
-    raw_lines = _text_unit_lines(unit, stats)
-  else:
-    raw_lines = _tfds_unit_lines(unit, stats)
-  texts, doc_of_text = [], []
-  doc, in_doc = 0, False
-  for line in raw_lines:
-    line = line.strip()
-    if not line:
-      if in_doc:
-        doc += 1
-        in_doc = False
-      continue
-    texts.append(line)
-    doc_of_text.append(doc)
-    in_doc = True
-  stats["documents"] = doc + int(in_doc)
-  stats["lines"] = len(texts)
-  return texts, doc_of_text
-
-
-def _spill_paths(spill_dir: str, unit_index: int) -> tuple[str, str]:
-  """(records, offsets) files holding one unit's serialized examples."""
-  stem = os.path.join(spill_dir, f"unit-{unit_index:06d}")
-  return stem + ".records", stem + ".offsets.npy"
+    _worker_state["tfds_source"] = units_lib.open_tfds_source(settings.tfds)
 
 
 class _UnitSpill:
   """Serializes one unit's examples (tf.train.Example) into its spill files."""
 
   def __init__(self, spill_dir: str, unit_index: int):
-    self._data_path, self._offsets_path = _spill_paths(spill_dir, unit_index)
+    self._data_path, self._offsets_path = shards_lib.spill_paths(spill_dir,
+                                                                 unit_index)
     self._file = None
     self._size = 0
     self._offsets = [np.zeros(1, np.int64)]
@@ -400,10 +178,11 @@ def _segments(offsets: np.ndarray, documents: np.ndarray, unit_index: int
           for s, e, flag in segments]
 
 
-def _process_unit(unit: _Unit) -> dict[str, Any]:
+def _process_unit(unit: units_lib.Unit) -> dict[str, Any]:
   """Tokenizes one unit, builds its examples and spills them.
 
-  The examples go, serialized, to the unit's spill files (`_spill_paths`).
+  The examples go, serialized, to the unit's spill files
+  (`build_shards.spill_paths`).
 
   Returns:
     'unit': the unit index; 'num_records'; 'segments': (start, end, bytes,
@@ -414,7 +193,9 @@ def _process_unit(unit: _Unit) -> dict[str, Any]:
   tok = _worker_state["tokenizer"]
   max_len = settings.max_seq_length
   stats = collections.Counter()
-  texts, doc_of_text = _unit_texts(unit, stats)
+  texts, doc_of_text = units_lib.unit_texts(
+      unit, stats, _worker_state.get("tfds_source"),
+      settings.tfds.text_key if settings.tfds is not None else None)
 
   rng = np.random.default_rng([settings.seed, unit.index])
   builder = examples_lib.ExampleBuilder(max_len, rng)
@@ -467,46 +248,6 @@ def _process_unit(unit: _Unit) -> dict[str, Any]:
       "documents_with_examples": len(np.unique(documents)),
       "stats": dict(stats),
   }
-
-
-@dataclasses.dataclass(frozen=True)
-class _ShardSource:
-  """Records [start, end) of one unit's spill files."""
-  data_path: str
-  offsets_path: str
-  start: int
-  end: int
-
-
-@dataclasses.dataclass(frozen=True)
-class _ShardJob:
-  path: str  # The ArrayRecord file to write.
-  sources: tuple[_ShardSource, ...]  # Its records, in order.
-
-
-def _copy_records(writer, source: _ShardSource) -> None:
-  """Appends records [start, end) of a unit's spill to an ArrayRecord writer."""
-  offsets = np.load(source.offsets_path, mmap_mode="r")
-  with open(source.data_path, "rb") as f:
-    for s in range(source.start, source.end, _COPY_BATCH_RECORDS):
-      e = min(source.end, s + _COPY_BATCH_RECORDS)
-      bounds = (offsets[s:e + 1] - offsets[s]).tolist()
-      f.seek(int(offsets[s]))
-      data = f.read(bounds[-1])
-      for a, b in zip(bounds[:-1], bounds[1:]):
-        writer.write(data[a:b])
-
-
-def _write_shard(job: _ShardJob) -> int:
-  """Writes one ArrayRecord shard (as tfds does) from spilled records."""
-  writer = array_record_module.ArrayRecordWriter(job.path,
-                                                 _ARRAY_RECORD_OPTIONS)
-  try:
-    for source in job.sources:
-      _copy_records(writer, source)
-  finally:
-    writer.close()
-  return sum(source.end - source.start for source in job.sources)
 
 
 def _call(job: tuple[Any, Any]) -> Any:
@@ -617,19 +358,6 @@ class _Progress:
           f"{self.elapsed:.0f} s", file=self._out, flush=True)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Piece:
-  """Records [start, end) of one unit's spill, all of one split."""
-  unit: int
-  start: int
-  end: int
-  num_bytes: int
-
-
-def _num_records(pieces: Sequence[_Piece]) -> int:
-  return sum(p.end - p.start for p in pieces)
-
-
 class _Router:
   """Puts the units' record ranges into the splits, in input order.
 
@@ -649,7 +377,7 @@ class _Router:
   def add(self, unit_index: int, result: dict[str, Any]) -> None:
     self._documents += result["documents_with_examples"]
     for start, end, num_bytes, is_validation in result["segments"]:
-      piece = _Piece(unit_index, start, end, num_bytes)
+      piece = shards_lib.Piece(unit_index, start, end, num_bytes)
       if is_validation:
         self._put("validation", piece)
         continue
@@ -657,7 +385,7 @@ class _Router:
         self._put("train", self._held)
       self._held = piece
 
-  def finish(self) -> dict[str, list[_Piece]]:
+  def finish(self) -> dict[str, list[shards_lib.Piece]]:
     """Every record's place: split name -> pieces, in input order.
 
     Raises:
@@ -674,58 +402,14 @@ class _Router:
       return {"train": self._splits["train"]}
     return dict(self._splits)
 
-  def _put(self, name: str, piece: _Piece) -> None:
+  def _put(self, name: str, piece: shards_lib.Piece) -> None:
     self._splits[name].append(piece)
     self._on_piece(name, piece)
 
 
-class _EarlyShard:
-  """Writes a split as its single shard while the units are being processed.
-
-  Most splits (under 128 MiB of records) are one shard: the main process
-  writes it from the spill as the units finish, in input order, instead of in
-  a serial pass at the end.  Once the split outgrows one shard, the file is
-  dropped and its shards are written at the end, in parallel.
-  """
-
-  def __init__(self, path: str, spill_dir: str):
-    self.path = path
-    self._spill_dir = spill_dir
-    self._writer = None
-    self.num_records = 0
-    self.dropped = False
-    self._num_bytes = 0
-
-  def add(self, piece: _Piece) -> None:
-    if self.dropped:
-      return
-    num_records = self.num_records + piece.end - piece.start
-    num_bytes = self._num_bytes + piece.num_bytes
-    if _num_shards(num_bytes, num_records) > 1:
-      self.drop()
-      return
-    if self._writer is None:
-      self._writer = array_record_module.ArrayRecordWriter(
-          self.path, _ARRAY_RECORD_OPTIONS)
-    _copy_records(self._writer, _ShardSource(
-        *_spill_paths(self._spill_dir, piece.unit), piece.start, piece.end))
-    self.num_records, self._num_bytes = num_records, num_bytes
-
-  def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
-
-  def drop(self) -> None:
-    self.close()
-    if os.path.exists(self.path):
-      os.remove(self.path)
-    self.dropped = True
-
-
-def _collect(units: Sequence[_Unit], running: Iterator[dict[str, Any]],
-             router: _Router, progress: _Progress
-            ) -> dict[int, dict[str, Any]]:
+def _collect(units: Sequence[units_lib.Unit],
+             running: Iterator[dict[str, Any]], router: _Router,
+             progress: _Progress) -> dict[int, dict[str, Any]]:
   """Unit index -> its `_process_unit` result, as `running` yields them.
 
   Passes the results on to `router` in unit order as soon as they can be.
@@ -750,17 +434,18 @@ def _collect(units: Sequence[_Unit], running: Iterator[dict[str, Any]],
   return results
 
 
-def _route(units: Sequence[_Unit], running: Iterator[dict[str, Any]],
-           settings: _WorkerSettings, progress: _Progress):
+def _route(units: Sequence[units_lib.Unit],
+           running: Iterator[dict[str, Any]], settings: _WorkerSettings,
+           progress: _Progress):
   """Collects the units' results and puts their records into the splits.
 
   Returns:
     (unit index -> result, split name -> pieces, split name -> its
-    `_EarlyShard`, closed).
+    `build_shards.EarlyShard`, closed).
   """
-  early = {name: _EarlyShard(os.path.join(settings.spill_dir,
-                                          f"early-{name}.array_record"),
-                             settings.spill_dir)
+  early = {name: shards_lib.EarlyShard(
+               os.path.join(settings.spill_dir, f"early-{name}.array_record"),
+               settings.spill_dir)
            for name in ("train", "validation")}
   try:
     router = _Router(settings.validation_fraction,
@@ -772,7 +457,7 @@ def _route(units: Sequence[_Unit], running: Iterator[dict[str, Any]],
       shard.close()
 
 
-def _check_splits(splits: dict[str, list[_Piece]], documents: int,
+def _check_splits(splits: dict[str, list[shards_lib.Piece]], documents: int,
                   validation_fraction: float) -> None:
   if not splits["train"]:
     if documents == 0:
@@ -794,8 +479,9 @@ def _check_splits(splits: dict[str, list[_Piece]], documents: int,
         "--validation_fraction=0")
 
 
-def _counts(units: Sequence[_Unit], results: dict[int, dict[str, Any]],
-            splits: dict[str, list[_Piece]], text_input: bool,
+def _counts(units: Sequence[units_lib.Unit],
+            results: dict[int, dict[str, Any]],
+            splits: dict[str, list[shards_lib.Piece]], text_input: bool,
             num_records: int | None) -> dict[str, Any]:
   """The counts that go into metadata.json."""
   stats = collections.Counter()
@@ -811,77 +497,9 @@ def _counts(units: Sequence[_Unit], results: dict[int, dict[str, Any]],
   else:
     counts["records"] = int(num_records)
     counts["empty_records"] = int(stats.get("empty_records", 0))
-  counts["examples"] = {name: _num_records(pieces)
+  counts["examples"] = {name: shards_lib.num_records(pieces)
                         for name, pieces in splits.items()}
   return counts
-
-
-def _num_shards(num_bytes: int, num_records: int) -> int:
-  """The shard count tfds' own writer picks for a split of this size."""
-  from tensorflow_datasets.core.utils import shard_utils  # pylint: disable=g-import-not-at-top
-  return shard_utils.ShardConfig.calculate_number_shards(num_bytes,
-                                                         num_records)
-
-
-def _shard_jobs(pieces: Sequence[_Piece], paths: Sequence[str],
-                bounds: Sequence[int], spill_dir: str) -> list[_ShardJob]:
-  """Cuts a split's pieces into shards: shard i holds records [b[i-1], b[i])."""
-  firsts = np.cumsum([0] + [p.end - p.start for p in pieces])
-  jobs, lo = [], 0
-  for path, hi in zip(paths, bounds):
-    sources = []
-    i = int(np.searchsorted(firsts, lo, side="right")) - 1
-    while i < len(pieces) and firsts[i] < hi:
-      piece, first = pieces[i], int(firsts[i])
-      start = piece.start + max(lo, first) - first
-      end = piece.start + min(hi, int(firsts[i + 1])) - first
-      if start < end:
-        sources.append(_ShardSource(*_spill_paths(spill_dir, piece.unit),
-                                    start, end))
-      i += 1
-    jobs.append(_ShardJob(path, tuple(sources)))
-    lo = hi
-  return jobs
-
-
-def _write_splits(splits: dict[str, list[_Piece]], template_fn,
-                  workers: _Workers, spill_dir: str,
-                  early: dict[str, _EarlyShard]) -> list[Any]:
-  """Writes the splits' shards (in parallel); returns their tfds SplitInfos.
-
-  The shard count and boundaries are those tfds' writer would choose, and the
-  files are written with its ArrayRecord options, in the tfds file names that
-  `template_fn(split name)` gives.  A split's `early` shard, when it is the
-  whole split, is only moved into place.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from tensorflow_datasets.core.utils import shard_utils  # pylint: disable=g-import-not-at-top
-  infos, jobs = [], []
-  for name, pieces in splits.items():
-    num_records = _num_records(pieces)
-    num_bytes = sum(p.num_bytes for p in pieces)
-    num_shards = _num_shards(num_bytes, num_records)
-    bounds = list(shard_utils.get_shard_boundaries(num_records, num_shards))
-    template = template_fn(name)
-    paths = [os.fspath(template.sharded_filepath(shard_index=i,
-                                                 num_shards=num_shards))
-             for i in range(num_shards)]
-    shard = early.get(name)
-    if (num_shards == 1 and shard is not None and not shard.dropped and
-        shard.num_records == num_records):
-      shard.close()
-      os.replace(shard.path, paths[0])
-    else:
-      jobs += _shard_jobs(pieces, paths, bounds, spill_dir)
-    infos.append(tfds.core.SplitInfo(
-        name=name, shard_lengths=np.diff([0] + bounds).tolist(),
-        num_bytes=num_bytes, filename_template=template))
-  jobs.sort(key=lambda j: sum(s.end - s.start for s in j.sources),
-            reverse=True)
-  written = sum(workers.run(_write_shard, jobs))
-  expected = sum(_num_records(j.sources) for j in jobs)
-  assert written == expected, (written, expected)
-  return infos
 
 
 def _check_output(output: epath.Path, overwrite: bool) -> None:
@@ -1034,8 +652,9 @@ def build_dataset(inputs: str | Sequence[str] | None,
     raise UserInputError(f"vocab {vocab_path} is too large for int32 ids")
 
   if tfds_name:
-    spec = _TfdsSpec(tfds_name, tfds_split, tfds_data_dir, tfds_text_key)
-    units, num_records = _plan_tfds_units(spec, unit_bytes)
+    spec = units_lib.TfdsSpec(tfds_name, tfds_split, tfds_data_dir,
+                              tfds_text_key)
+    units, num_records = units_lib.plan_tfds_units(spec, unit_bytes)
     input_desc = {"tfds": tfds_name, "tfds_split": tfds_split,
                   "tfds_text_key": tfds_text_key, "records": num_records}
     # Progress counts record ranges as "sources".
@@ -1044,7 +663,7 @@ def build_dataset(inputs: str | Sequence[str] | None,
   else:
     spec, num_records = None, None
     files = [epath.Path(f) for f in vocab_lib.expand_globs(inputs)]
-    units, sizes = _plan_text_units(files, unit_bytes)
+    units, sizes = units_lib.plan_text_units(files, unit_bytes)
     if not any(sizes):
       raise UserInputError(
           f"all {len(files)} input file(s) are empty: "
@@ -1093,8 +712,8 @@ def build_dataset(inputs: str | Sequence[str] | None,
           max_seq_length=max_seq_length,
           metadata={**_metadata(tok, settings, unit_bytes), **input_desc,
                     "counts": counts},
-          write_splits=lambda template_fn: _write_splits(
-              splits, template_fn, pool, settings.spill_dir, early),
+          write_splits=lambda template_fn: shards_lib.write_splits(
+              splits, template_fn, pool.run, settings.spill_dir, early),
           data_dir=str(tmp), file_format="array_record")
       tfds.disable_progress_bar()
       with contextlib.redirect_stdout(io.StringIO()):

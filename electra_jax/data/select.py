@@ -164,10 +164,8 @@ def _export_tfds_text(name: str, text_key: str, path: str, seed: int,
                       log: Callable[[str], None]) -> str:
   """Writes the text of a seeded sample of tfds records to `path` for vocab
   training (up to TFDS_VOCAB_MAX_LINES lines / TFDS_VOCAB_MAX_BYTES)."""
-  from electra_jax.data import build  # pylint: disable=g-import-not-at-top
-  # pylint: disable=protected-access
-  source = build._open_tfds_source(build._TfdsSpec(name, 'train', None,
-                                                   text_key))
+  from electra_jax.data import build_units  # pylint: disable=g-import-not-at-top
+  source = build_units.open_tfds_source(build_units.TfdsSpec(name, 'train', None, text_key))
   n = len(source)
   order = np.random.default_rng(seed).permutation(n)
   log(f'data: sampling the text of tfds dataset {name!r} to train a vocab')
@@ -177,7 +175,7 @@ def _export_tfds_text(name: str, text_key: str, path: str, seed: int,
     with open(tmp, 'w', encoding='utf-8') as f:
       for start in range(0, n, 256):
         for i in order[start:start + 256]:
-          text = build._record_text(source[int(i)], text_key)
+          text = build_units.record_text(source[int(i)], text_key)
           if isinstance(text, bytes):
             text = text.decode('utf-8', errors='replace')
           f.write(text.rstrip('\n') + '\n\n')
