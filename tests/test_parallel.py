@@ -114,7 +114,7 @@ def _run_worker(tmp_path, name, corpus_glob, cache_dir, data, fsdp, devices=1, e
   out = tmp_path / f"{name}.npz"
   e = dict(os.environ)
   # Every worker, the reference included, compiles with the same flags, so the runs
-  # stay comparable; like tests/test_model.py's `_jit`, they skip XLA's costly LLVM
+  # stay comparable; like tests/model_helpers.py's `_jit`, they skip XLA's costly LLVM
   # backend passes (the runs check values, not speed): compiling is most of a worker's
   # time, and this takes about a third off it.
   e["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "

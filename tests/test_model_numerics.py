@@ -1,0 +1,152 @@
+"""Tests for electra_jax.model forward numerics: vs a NumPy reference, scan, bf16,
+padding, attention, dropout.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from electra_jax import model as M
+
+from model_helpers import (
+    VOCAB, B, L, N, _disc, _model, _random_params, _fill, _batch, _jit, _run,
+    _np_generator_logits_all, _np_discriminator_logits, _stacked)
+
+
+# ----------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope='module')
+def tied():
+  model = _model()
+  return model, _random_params(model)
+
+
+# ----------------------------------------------------------------- numerics
+
+
+def test_matches_numpy_reference_and_gathers_masked_positions(tied):
+  model, params = tied
+  ids, seg, mask, pos = _batch()
+  gen, dis = _run(model, params, ids, seg, mask, pos)
+  assert gen.shape == (B, N, VOCAB) and gen.dtype == np.float32
+  assert dis.shape == (B, L) and dis.dtype == np.float32
+  # Full-sequence generator head computed independently, then gathered.
+  full = _np_generator_logits_all(params, model, ids, seg, mask)
+  expected = np.take_along_axis(full, np.asarray(pos)[..., None], axis=1)
+  np.testing.assert_allclose(gen, expected, rtol=1e-4, atol=1e-4)
+  ref = _np_discriminator_logits(params, model, ids, seg, mask)
+  real = np.asarray(mask) == 1
+  np.testing.assert_allclose(dis[real], ref[real], rtol=1e-4, atol=1e-4)
+
+
+
+
+def test_scan_equals_unrolled(tied):
+  model, params = tied
+  scanned = _model(scan_layers=True)
+  sp = _stacked(params)
+  assert jax.tree_util.tree_structure(sp) == jax.tree_util.tree_structure(
+      M.abstract_params(scanned))
+  back = M.unstack_layer_params(sp['discriminator']['encoder'])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, back,
+                         params['discriminator']['encoder'])
+  batch = _batch()
+  for a, b in zip(_run(scanned, sp, *batch), _run(model, params, *batch)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_bfloat16_compute_gives_close_float32_logits(tied):
+  model, params = tied
+  batch = _batch()
+  (g32, d32), (g16, d16) = (_run(m, params, *batch)
+                            for m in (model, _model(dtype='bfloat16')))
+  assert g16.dtype == np.float32 and d16.dtype == np.float32
+  assert not np.array_equal(g16, g32)  # bf16 really was used
+  for lo, hi in ((g16, g32), (d16, d32)):
+    err = np.abs(lo - hi).max() / np.abs(hi).max()
+    assert err < 0.05, err
+  assert (g16.argmax(-1) == g32.argmax(-1)).mean() > 0.8
+
+
+def test_padding_does_not_change_real_positions(tied):
+  model, params = tied
+  ids, seg, mask, pos = _batch()
+  real = np.asarray(mask) == 1
+  g0, d0 = _run(model, params, ids, seg, mask, pos)
+  # Different ids and segments under the pad positions.
+  rng = np.random.default_rng(1)
+  ids2 = jnp.where(mask == 1, ids, jnp.asarray(rng.integers(0, VOCAB, (B, L))))
+  seg2 = jnp.where(mask == 1, seg, 1)
+  g2, d2 = _run(model, params, ids2, seg2, mask, pos)
+  np.testing.assert_allclose(g2, g0, atol=1e-5)
+  np.testing.assert_allclose(d2[real], d0[real], atol=1e-5)
+  # Four more pad columns, and (second call) batch rows that are all padding.
+  pad = lambda a, v=0: jnp.concatenate([a, jnp.full((B, 4), v, a.dtype)], axis=1)
+  ids3, seg3, mask3 = pad(ids, 7), pad(seg), pad(mask)
+  g3, d3 = _run(model, params, ids3, seg3, mask3, pos)
+  np.testing.assert_allclose(g3, g0, atol=1e-5)
+  np.testing.assert_allclose(d3[:, :L][real], d0[real], atol=1e-5)
+  outs = _run(model, params, ids3, seg3, jnp.zeros_like(mask3), pos)
+  assert all(np.isfinite(x).all() for x in outs)
+
+
+def test_explicit_attention_matches_dot_product_attention():
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal((2, 6, 3, 4)), jnp.float32) for _ in range(3))
+  mask = jnp.asarray([[1] * 6, [1, 1, 1, 0, 0, 0]], bool)[:, None, None, :]
+  v2 = v.at[1, 3:].set(100.0)
+  bf = lambda x: x.astype(jnp.bfloat16)
+  @_jit
+  def both(q, k, v, v2):
+    return (M.explicit_attention(q, k, v, mask),
+            jax.nn.dot_product_attention(q, k, v, mask=mask),
+            M.explicit_attention(q, k, v2, mask),
+            M.explicit_attention(bf(q), bf(k), bf(v), mask).astype(jnp.float32),
+            jax.nn.dot_product_attention(bf(q), bf(k), bf(v), mask=mask).astype(jnp.float32))
+  ours, theirs, ours_v2, ours16, theirs16 = both(q, k, v, v2)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+  # Masked keys get zero weight: changing their values changes nothing.
+  np.testing.assert_allclose(ours_v2[1], ours[1], atol=1e-5)
+  np.testing.assert_allclose(ours16, theirs16, atol=2e-2)
+  # Independent: row 1 attends only to its first three keys.
+  qn, kn, vn = (np.asarray(x, np.float64)[1] for x in (q, k, v))
+  s = np.einsum('tnh,snh->nts', qn, kn)[:, :, :3] / 2.0
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  np.testing.assert_allclose(ours[1], np.einsum('nts,snh->tnh', p, vn[:3]), atol=1e-5)
+
+
+def test_dropout_only_when_not_deterministic(tied):
+  model, params = tied
+  batch = _batch()
+  det = _run(model, params, *batch)  # no 'dropout' rng needed
+  k1, k2 = jax.random.key(1), jax.random.key(2)
+  a = _run(model, params, *batch, rng=k1)
+  for x, y in zip(a, _run(model, params, *batch, rng=k1)):
+    np.testing.assert_array_equal(x, y)
+  for x, y, z in zip(a, det, _run(model, params, *batch, rng=k2)):
+    assert not np.allclose(x, y, atol=1e-3)  # generator and discriminator both drop
+    assert not np.allclose(x, z, atol=1e-3)
+
+
+def test_attention_probability_dropout():
+  cfg = _disc(dropout_rate=0.0, attention_dropout_rate=0.5)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, cfg.hidden_size)),
+                  jnp.float32)
+  mask = jnp.asarray([[1] * 6, [1, 1, 1, 0, 0, 0]], bool)[:, None, None, :]
+  x_padchanged = x.at[1, 3:].set(5.0)
+  params = _fill(jax.eval_shape(M.SelfAttention(cfg, deterministic=True).init,
+                                jax.random.key(0), x, mask))
+  @_jit
+  def run(params, rng):
+    det = M.SelfAttention(cfg, deterministic=True).apply(params, x, mask)
+    drop = M.SelfAttention(cfg, deterministic=False)
+    a = drop.apply(params, x, mask, rngs={'dropout': rng})
+    b = drop.apply(params, x_padchanged, mask, rngs={'dropout': rng})
+    return det, a, b
+  det, a, b = (np.asarray(t) for t in run(params, jax.random.key(1)))
+  assert not np.allclose(a, det, atol=1e-3)
+  # With dropout on, pad keys still get no weight.
+  np.testing.assert_allclose(b[1, :3], a[1, :3], atol=1e-5)
