@@ -43,17 +43,20 @@ The workdir receives
 The workdir and config.init may be local or gs://BUCKET/PATH (read and written through
 etils.epath, like pretraining's; checkpoints through orbax); a Hugging Face init must
 be local.
+
+This module is the entry point (all names above are importable from here); the pieces
+behind it:
+  finetune_init      `load_init`: the encoder of a pretraining workdir or HF export
+  finetune_settings  config checks, `task_spec`, `Settings`, `make_optimizer`
+  finetune_model     `SequenceClassifier`, losses, `make_predict_fn`, `evaluate`
+  finetune_workdir   seed settings and checkpoints, results.json, `summarize`
 """
 
 import dataclasses
 import json
 import os
-import shutil
-import statistics
 import time
-from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -63,293 +66,50 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from electra_jax import optim
-from electra_jax import task_metrics
 from electra_jax import tasks
 from electra_jax import train
 from electra_jax import workdir as workdir_io
 from electra_jax.errors import UserInputError
-from electra_jax.model import (SIZES, ElectraEncoder, EncoderConfig, encoder_config_from,
-                               encoder_params_from_pretraining, encoder_restore_target)
-from electra_jax.tokenization import Tokenizer, load_tokenizer
+from electra_jax.finetune_init import load_init
+from electra_jax.finetune_model import SequenceClassifier
+from electra_jax.finetune_model import batch_loss
+from electra_jax.finetune_model import device_batch
+from electra_jax.finetune_model import evaluate
+from electra_jax.finetune_model import example_losses
+from electra_jax.finetune_model import make_predict_fn
+from electra_jax.finetune_model import padded_batches
+from electra_jax.finetune_model import split_metrics
+from electra_jax.finetune_settings import DEFAULT_LAYERWISE_DECAY
+from electra_jax.finetune_settings import DEFAULT_LEARNING_RATE
+from electra_jax.finetune_settings import LONG_TASKS
+from electra_jax.finetune_settings import TFDS
+from electra_jax.finetune_settings import Settings
+from electra_jax.finetune_settings import describe_factors
+from electra_jax.finetune_settings import make_optimizer
+from electra_jax.finetune_settings import parse_seeds
+from electra_jax.finetune_settings import resolve_settings
+from electra_jax.finetune_settings import task_spec
+from electra_jax.finetune_settings import validate_config
+from electra_jax.finetune_workdir import check_seed_settings
+from electra_jax.finetune_workdir import checkpoint_manager
+from electra_jax.finetune_workdir import read_json
+from electra_jax.finetune_workdir import relative_path
+from electra_jax.finetune_workdir import remove_tree
+from electra_jax.finetune_workdir import restore_state
+from electra_jax.finetune_workdir import summarize
+from electra_jax.finetune_workdir import write_json
+from electra_jax.finetune_workdir import write_results
+from electra_jax.model import SIZES, encoder_config_from
+from electra_jax.tokenization import load_tokenizer
 from electra_jax.train import TrainState
 
-# Per model size: peak learning rate and layer-wise decay (DESIGN.md §3).  'tiny' is
-# not in the paper; its lr was picked on ../shared/tasks.
-DEFAULT_LEARNING_RATE = {"tiny": 1e-3, "small": 3e-4, "base": 1e-4, "large": 5e-5}
-DEFAULT_LAYERWISE_DECAY = {"tiny": 0.8, "small": 0.8, "base": 0.8, "large": 0.9}
-# Tasks trained for 10 epochs instead of 3 (small datasets).
-LONG_TASKS = ("rte", "stsb")
-# config.data_dir value that reads GLUE from tensorflow-datasets (needs TensorFlow).
-TFDS = "tfds"
-
-
-# ----------------------------------------------------------------------------- model
-
-
-class SequenceClassifier(nn.Module):
-  """ElectraEncoder + dropout -> dense(num_labels) on the final [CLS] hidden state.
-
-  Params: {'electra': ElectraEncoder params, 'classifier': {kernel, bias}}.  The
-  classifier runs in float32; its kernel is Glorot-uniform as in the original
-  (`tf.layers.dense`).  Regression tasks use num_labels=1.
-  """
-  cfg: EncoderConfig
-  num_labels: int
-  head_dropout: float = 0.1
-
-  @nn.compact
-  def __call__(self, input_ids, segment_ids, input_mask, *,
-               deterministic: bool = True) -> jnp.ndarray:
-    """-> logits [B, num_labels] float32."""
-    hidden = ElectraEncoder(self.cfg, name="electra")(
-        input_ids, segment_ids, input_mask, deterministic=deterministic)
-    cls = hidden[:, 0].astype(jnp.float32)
-    cls = nn.Dropout(self.head_dropout)(cls, deterministic=deterministic)
-    return nn.Dense(self.num_labels, dtype=jnp.float32, param_dtype=jnp.float32,
-                    kernel_init=nn.initializers.xavier_uniform(),
-                    bias_init=nn.initializers.zeros, name="classifier")(cls)
-
-
-def example_losses(outputs: jnp.ndarray, labels: jnp.ndarray, is_regression: bool
-                   ) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """(per-example loss [B], labelled [B] bool): softmax CE, or squared error.
-
-  Unlabelled rows (class -1, or NaN targets) get loss 0 and labelled=False.
-  """
-  if is_regression:
-    labelled = ~jnp.isnan(labels)
-    err = outputs[:, 0] - jnp.where(labelled, labels, 0.0)
-    return jnp.where(labelled, jnp.square(err), 0.0), labelled
-  labelled = labels >= 0
-  logp = jax.nn.log_softmax(outputs, axis=-1)
-  safe = jnp.where(labelled, labels, 0)
-  nll = -jnp.take_along_axis(logp, safe[:, None], axis=-1)[:, 0]
-  return jnp.where(labelled, nll, 0.0), labelled
-
-
-# ----------------------------------------------------------------------------- init
-
-
-def _read_json(path: str) -> dict:
-  try:
-    return json.loads(epath.Path(path).read_text(encoding="utf-8"))
-  except (OSError, ValueError) as e:
-    raise UserInputError(f"cannot read {path} ({e}); delete that seed's directory to rerun "
-                         f"it") from e
-
-
-def _is_pretraining_workdir(path: str) -> bool:
-  return ((epath.Path(path) / "config.json").is_file()
-          and epath.Path(workdir_io.checkpoint_dir(path)).is_dir())
-
-
-def _is_hf_export(path: str) -> bool:
-  p = epath.Path(path)
-  return ((p / "discriminator").is_dir() or (p / "model.safetensors").is_file()
-          or (p / "pytorch_model.bin").is_file())
-
-
-def load_init(init_path: str) -> tuple[EncoderConfig, dict[str, Any], Tokenizer]:
-  """Loads a pretrained encoder: (encoder config, ElectraEncoder params, tokenizer).
-
-  Accepted layouts:
-    * a pretraining workdir (`electra_jax.train`): config.json (model shape and
-      vocab fingerprint), vocab/<vocab file>, checkpoints/<step>/ -- the latest
-      checkpoint's discriminator (embeddings + encoder) is restored as numpy arrays
-      on the host, without reading the generator or the optimizer state.
-    * a Hugging Face directory (an `electra_jax.hf export` root holding
-      discriminator/, or a model dir with config.json and model.safetensors), read by
-      `electra_jax.hf.load_encoder`.
-  INIT_PATH may be local or a URL (gs://bucket/run), read through etils.epath; a Hugging
-  Face directory must be local.  Any other layout is a UserInputError.
-  """
-  path = workdir_io.resolve(init_path)
-  if not epath.Path(path).exists():
-    raise UserInputError(f"config.init={init_path} does not exist; pass a pretraining "
-                         f"workdir, or '' for random init")
-  if not epath.Path(path).is_dir():
-    raise UserInputError(f"config.init={init_path} is a file; pass a pretraining workdir "
-                         f"(with config.json, vocab/ and checkpoints/)")
-  if _is_pretraining_workdir(path):
-    return _load_pretraining_workdir(path)
-  if _is_hf_export(path):
-    from electra_jax import hf  # pylint: disable=g-import-not-at-top
-    return hf.load_encoder(path)
-  raise UserInputError(
-      f"config.init={init_path} is not a pretraining workdir (expected config.json, "
-      f"vocab/ and checkpoints/<step>/ from electra_jax.train)")
-
-
-def _load_pretraining_workdir(path: str):
-  saved, tokenizer = train.read_workdir_config(path)
-  # The pretraining run's remat and dtype say how it computed, not what the model is:
-  # fine-tuning makes its own choices (EncoderConfig's defaults, config.dtype).
-  model = {k: v for k, v in saved["model"].items() if k not in ("remat", "dtype")}
-  cfg = encoder_config_from(model, tokenizer.vocab_size)
-  sharing = saved["model"].get("embedding_sharing", "tied")
-  step, params = train.restore_params(path, encoder_restore_target(cfg, sharing))
-  params = encoder_params_from_pretraining(params)  # folds a gdes embedding delta in
-  print(f"init: {path} checkpoint {step} (discriminator {cfg.num_layers} layers, "
-        f"hidden {cfg.hidden_size}, vocab {tokenizer.vocab_size})", flush=True)
-  return cfg, params, tokenizer
-
-
-def _size_name(cfg: EncoderConfig) -> str | None:
-  for name, shape in SIZES.items():
-    if all(getattr(cfg, k) == v for k, v in shape.items()):
-      return name
-  return None
-
-
-# ----------------------------------------------------------------------------- settings
-
-
-def parse_seeds(seeds: str | int) -> list[int]:
-  """'1,2,3' -> [1, 2, 3] (distinct non-negative integers, order kept)."""
-  parts = [p.strip() for p in str(seeds).split(",") if p.strip()]
-  try:
-    values = [int(p) for p in parts]
-  except ValueError:
-    raise UserInputError(f"config.seeds={seeds!r} must be comma-separated integers, "
-                         f"e.g. '1,2,3'") from None
-  if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
-    raise UserInputError(f"config.seeds={seeds!r} must list distinct non-negative "
-                         f"integers, e.g. '1,2,3'")
-  return values
-
-
-def _column(value: str):
-  value = str(value).strip()
-  if not value:
-    return None
-  return int(value) if value.isdigit() else value
-
-
-def task_spec(config) -> tasks.TaskSpec:
-  """The TaskSpec of config.task (GLUE, or a generic TSV task with config.tsv columns)."""
-  if not config.task:
-    raise UserInputError("set --config.task (a GLUE task such as sst2, or a name for the "
-                         "TSV task in --config.data_dir)")
-  if not config.data_dir:
-    raise UserInputError("set --config.data_dir to the directory with the task's "
-                         "train.tsv and dev.tsv (or 'tfds' for tensorflow-datasets GLUE)")
-  if config.data_dir == TFDS:
-    if tasks.glue_task_name(config.task) is None:
-      raise UserInputError(f"config.data_dir=tfds reads GLUE tasks only; {config.task!r} is "
-                           f"not one of {', '.join(tasks.GLUE_TASKS)}")
-    return tasks.get_task(config.task)
-  if not os.path.isdir(config.data_dir):
-    raise UserInputError(f"config.data_dir={config.data_dir} is not a directory")
-  t = config.tsv
-  tsv_args = {}
-  if _column(t.text_a) is not None:
-    tsv_args.update(text_a=_column(t.text_a), text_b=_column(t.text_b),
-                    label=_column(t.label))
-  if t.regression:
-    tsv_args["is_regression"] = True
-  if not t.has_header:
-    tsv_args["has_header"] = False
-  return tasks.get_task(config.task, config.data_dir, **tsv_args)
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """The resolved hyperparameters of a run (config defaults filled in)."""
-  task: str
-  data_dir: str
-  init: str
-  model_size: str
-  num_layers: int
-  learning_rate: float
-  layerwise_lr_decay: float
-  layerwise_decay_compat: bool
-  epochs: float
-  batch_size: int
-  train_examples: int
-  steps: int
-  warmup_steps: int
-  max_seq_length: int
-  weight_decay: float
-  clip_norm: float
-  dropout: float
-  attention_dropout: float
-  dtype: str
-
-
-def validate_config(config) -> None:
-  """Checks the values a run needs before any data is read; UserInputError with the fix."""
-  n = jax.device_count()
-  for name in ("batch_size", "eval_batch_size"):
-    value = config[name]
-    if value <= 0 or value % n:
-      raise UserInputError(
-          f"config.{name}={value} must be a positive multiple of the {n} devices, e.g. "
-          f"--config.{name}={max(n, value // n * n)}")
-  for name in ("learning_rate", "epochs", "weight_decay", "clip_norm"):
-    if config[name] < 0:
-      raise UserInputError(f"config.{name} must be >= 0, got {config[name]}")
-  if not 0 <= config.warmup_fraction <= 1:
-    raise UserInputError(f"config.warmup_fraction must be in [0, 1], got "
-                         f"{config.warmup_fraction}")
-  if config.layerwise_lr_decay > 1:
-    raise UserInputError(f"config.layerwise_lr_decay must be <= 1 (0 or 1 = off, -1 = "
-                         f"default), got {config.layerwise_lr_decay}")
-  if config.log_every <= 0:
-    raise UserInputError(f"config.log_every must be positive, got {config.log_every}")
-  if config.checkpoint_every < 0:
-    raise UserInputError(f"config.checkpoint_every must be >= 0 (0 = only at the end), got "
-                         f"{config.checkpoint_every}")
-
-
-def resolve_settings(config, spec: tasks.TaskSpec, cfg: EncoderConfig,
-                     train_examples: int) -> Settings:
-  """Fills in the per-size and per-task defaults (see configs/finetune.py)."""
-  size = _size_name(cfg)
-  key = size or "base"
-  lr = config.learning_rate or DEFAULT_LEARNING_RATE[key]
-  decay = config.layerwise_lr_decay
-  if decay < 0:
-    decay = DEFAULT_LAYERWISE_DECAY[key]
-  epochs = config.epochs or (10.0 if tasks.glue_task_name(spec.name) in LONG_TASKS
-                             else 3.0)
-  steps = max(1, int(train_examples * epochs / config.batch_size))
-  return Settings(
-      task=spec.name,
-      data_dir=(config.data_dir if config.data_dir == TFDS
-                else os.path.abspath(config.data_dir)),
-      init=_init_setting(config.init),
-      model_size=size or "custom", num_layers=cfg.num_layers, learning_rate=float(lr),
-      layerwise_lr_decay=float(decay),
-      layerwise_decay_compat=bool(config.layerwise_decay_compat), epochs=float(epochs),
-      batch_size=config.batch_size, train_examples=train_examples, steps=steps,
-      warmup_steps=int(steps * config.warmup_fraction),
-      max_seq_length=config.max_seq_length, weight_decay=float(config.weight_decay),
-      clip_norm=float(config.clip_norm), dropout=float(config.dropout),
-      attention_dropout=float(config.attention_dropout), dtype=config.dtype)
-
-
-def _init_setting(init: str) -> str:
-  """config.init as results.json records it: absolute when local, a URL as given."""
-  if not init:
-    return ""
-  return workdir_io.resolve(init) if workdir_io.is_remote(init) else os.path.abspath(init)
-
-
-def make_optimizer(s: Settings, params) -> tuple[optax.GradientTransformation,
-                                                 optax.Schedule]:
-  """(optimizer, schedule): clip -> Adam (no bias correction) -> weight decay ->
-  layer-wise lr factors -> schedule (warmup x linear decay to 0)."""
-  schedule = optim.learning_rate_schedule(s.learning_rate, s.steps, s.warmup_steps)
-  parts = []
-  if s.clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(s.clip_norm))
-  parts.append(optim.scale_by_adam_without_bias_correction(0.9, 0.999, 1e-6))
-  if s.weight_decay > 0:
-    parts.append(optax.add_decayed_weights(s.weight_decay, mask=optim.weight_decay_mask))
-  parts.append(optim.scale_by_factors(optim.layerwise_lr_factors(
-      params, s.num_layers, s.layerwise_lr_decay, s.layerwise_decay_compat)))
-  parts.append(optax.scale_by_learning_rate(schedule))
-  return optax.chain(*parts), schedule
+__all__ = [
+    "DEFAULT_LAYERWISE_DECAY", "DEFAULT_LEARNING_RATE", "LONG_TASKS", "TFDS",
+    "SequenceClassifier", "Settings", "batch_loss", "evaluate", "example_losses",
+    "finetune_and_evaluate", "load_init", "make_optimizer", "make_predict_fn",
+    "padded_batches", "parse_seeds", "resolve_settings", "split_metrics", "summarize",
+    "task_spec", "validate_config",
+]
 
 
 # ----------------------------------------------------------------------------- data
@@ -371,182 +131,12 @@ def _has_labels(features) -> bool:
   return bool(np.all(~np.isnan(labels)) if labels.dtype.kind == "f" else np.all(labels >= 0))
 
 
-def _process_rows(array: np.ndarray) -> np.ndarray:
-  """This process's share of a global batch (all of it on a single host)."""
-  n = jax.process_count()
-  if n == 1:
-    return array
-  per = array.shape[0] // n
-  i = jax.process_index()
-  return array[i * per:(i + 1) * per]
-
-
-def _device_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-  return {k: jax.make_array_from_process_local_data(sharding, _process_rows(v))
-          for k, v in batch.items()}
-
-
-def padded_batches(features: dict[str, np.ndarray], batch_size: int):
-  """Yields (batch, num_real): fixed-size batches; the last is padded with weight-0 rows."""
-  n = features["input_ids"].shape[0]
-  for start in range(0, n, batch_size):
-    batch = {k: v[start:start + batch_size] for k, v in features.items()}
-    real = batch["input_ids"].shape[0]
-    batch["weights"] = np.ones((real,), np.float32)
-    if real < batch_size:
-      batch = {k: np.concatenate([v, np.zeros((batch_size - real,) + v.shape[1:], v.dtype)])
-               for k, v in batch.items()}
-    yield batch, real
-
-
 def _train_order(num_examples: int, steps: int, batch_size: int, seed: int) -> np.ndarray:
   """Example indices for all steps: a fresh permutation per epoch, concatenated."""
   rng = np.random.default_rng(seed)
   need = steps * batch_size
   parts = [rng.permutation(num_examples) for _ in range(-(-need // num_examples))]
   return np.concatenate(parts)[:need]
-
-
-# ----------------------------------------------------------------------------- steps
-
-
-def batch_loss(params, batch, *, model: SequenceClassifier, is_regression: bool,
-               key=None):
-  """Weighted mean loss of a batch and (outputs, loss sum, weight sum).
-
-  Rows count with batch['weights'] (0 for padding) times whether they carry a label.
-  `key` None runs deterministically (no dropout).
-  """
-  deterministic = key is None
-  outputs = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
-                        batch["input_mask"], deterministic=deterministic,
-                        rngs=None if deterministic else {"dropout": key})
-  losses, labelled = example_losses(outputs, batch["labels"], is_regression)
-  weights = batch["weights"] * labelled
-  loss_sum, weight_sum = jnp.sum(losses * weights), jnp.sum(weights)
-  return loss_sum / jnp.maximum(weight_sum, 1.0), (outputs, loss_sum, weight_sum)
-
-
-def make_predict_fn(model: SequenceClassifier, is_regression: bool, mesh: Mesh,
-                    batch_size: int):
-  """predict(params, features) -> (outputs [N, num_labels], mean loss of labelled rows).
-
-  Runs a jitted step over `batch_size` rows at a time, sharded along the mesh's
-  'data' axis; the last batch is padded with weight-0 rows, so all N examples are
-  scored once and the padding changes neither the outputs nor the loss.
-  """
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P("data"))
-
-  def step(params, batch):
-    _, aux = batch_loss(params, batch, model=model, is_regression=is_regression)
-    return aux
-
-  # params keep their own (replicated) sharding; outputs come back replicated.
-  step = jax.jit(step, in_shardings=(None, batch_sharding), out_shardings=replicated)
-
-  def predict(params, features) -> tuple[np.ndarray, float]:
-    results, reals = [], []
-    for batch, real in padded_batches(features, batch_size):
-      results.append(step(params, _device_batch(batch, batch_sharding)))  # asynchronous
-      reals.append(real)
-    results = jax.device_get(results)  # one wait for all batches
-    outputs = np.concatenate([np.asarray(out)[:real]
-                              for (out, _, _), real in zip(results, reals)])
-    loss_sum = sum(float(ls) for _, ls, _ in results)
-    weight_sum = sum(float(ws) for _, _, ws in results)
-    return outputs, loss_sum / max(weight_sum, 1.0)
-
-  return predict
-
-
-def split_metrics(spec: tasks.TaskSpec, labels: np.ndarray, outputs: np.ndarray,
-                  loss: float) -> dict[str, float]:
-  """The task's metrics of model outputs [N, num_labels] against labels [N], and 'loss'."""
-  preds = outputs[:, 0] if spec.is_regression else outputs
-  metrics = task_metrics.compute(spec.metrics, labels, preds)
-  metrics["loss"] = float(loss)
-  return metrics
-
-
-def evaluate(predict, spec: tasks.TaskSpec, params, features) -> dict[str, float]:
-  """The task's metrics (and 'loss') of `params` on a labelled split's features."""
-  outputs, loss = predict(params, features)
-  return split_metrics(spec, features["labels"], outputs, loss)
-
-
-# ----------------------------------------------------------------------------- results
-
-
-def _describe_factors(table: dict[str, float]) -> str:
-  """'embeddings 0.512, layer_0 0.64, layer_1 0.8, head 1' from a layerwise_lr_table."""
-  groups: dict[str, float] = {}
-  for name, factor in table.items():
-    if "/embeddings" in f"/{name}" or "embeddings_project" in name:
-      key = "embeddings"
-    elif "/encoder/layer/" in name:
-      key = "layer_" + name.rsplit("[", 1)[1].rstrip("]")
-    elif "/encoder/layer_" in name:
-      key = name.split("/encoder/")[1].split("/")[0]
-    else:
-      key = "head"
-    groups[key] = factor
-  order = sorted(groups, key=lambda k: (k != "embeddings", k == "head",
-                                        int(k[6:]) if k.startswith("layer_") else 0))
-  return ", ".join(f"{k} {groups[k]:.4g}" for k in order)
-
-
-
-def summarize(values: list[float]) -> dict[str, float]:
-  """median, mean, std (sample, ddof=1; 0 for one seed), min, max and n of `values`."""
-  arr = np.asarray(values, np.float64)
-  return {"median": float(statistics.median(values)), "mean": float(arr.mean()),
-          "std": float(arr.std(ddof=1)) if len(values) > 1 else 0.0,
-          "min": float(arr.min()), "max": float(arr.max()), "n": len(values)}
-
-
-def _write_json(path: str, data) -> None:
-  workdir_io.write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def _relative(path: str, start: str) -> str:
-  """PATH relative to its ancestor START (local paths or URLs)."""
-  return os.fspath(epath.Path(path).relative_to(epath.Path(start)))
-
-
-def _remove_tree(path: str) -> None:
-  """Removes directory PATH and its contents, if it exists (local or on an object store)."""
-  if not workdir_io.is_remote(path):
-    shutil.rmtree(path, ignore_errors=True)
-  elif epath.Path(path).exists():
-    epath.Path(path).rmtree()
-
-
-def _replace_dir(src: str, dest: str) -> None:
-  """Copies directory `src` to `dest`: locally atomically (built beside it, then renamed);
-  on an object store, which cannot rename a directory, file by file (each whole)."""
-  if workdir_io.is_remote(dest):
-    _replace_remote_dir(src, dest)
-    return
-  tmp = f"{dest}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  shutil.copytree(src, tmp)
-  old = f"{dest}.old-{os.getpid()}"
-  if os.path.exists(dest):
-    os.replace(dest, old)
-  os.replace(tmp, dest)
-  shutil.rmtree(old, ignore_errors=True)
-
-
-def _replace_remote_dir(src: str, dest: str) -> None:
-  """Copies the files directly in `src` to `dest` and removes `dest`'s other files."""
-  names = sorted(f.name for f in epath.Path(src).iterdir())
-  for name in names:
-    workdir_io.copy_atomic(epath.Path(src) / name, epath.Path(dest) / name)
-  if epath.Path(dest).is_dir():
-    for old in epath.Path(dest).iterdir():
-      if old.name not in names:
-        old.unlink()
 
 
 # ----------------------------------------------------------------------------- main
@@ -657,7 +247,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
         f"{s.num_layers} layers, model {s.model_size}, "
         f"{'init ' + s.init if s.init else 'random init'}; seeds {seeds}; "
         f"{jax.device_count()} device(s) ({jax.devices()[0].platform})", flush=True)
-  print("layer-wise lr multipliers: " + _describe_factors(
+  print("layer-wise lr multipliers: " + describe_factors(
       optim.layerwise_lr_table(abstract["params"], s.num_layers, s.layerwise_lr_decay,
                                s.layerwise_decay_compat)), flush=True)
 
@@ -667,7 +257,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     seed_dir = os.path.join(workdir, f"seed_{seed}")
     done_path = os.path.join(seed_dir, "metrics.json")
     if epath.Path(done_path).exists():
-      done = _read_json(done_path)
+      done = read_json(done_path)
       if done.get("settings") != json.loads(json.dumps(settings)):
         raise UserInputError(
             f"{seed_dir} holds a finished run with different settings; use a new "
@@ -677,8 +267,8 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
       continue
     if is_main:
       epath.Path(seed_dir).mkdir(parents=True, exist_ok=True)
-    _check_seed_settings(seed_dir, settings, is_main)
-    manager = _checkpoint_manager(seed_dir)
+    check_seed_settings(seed_dir, settings, is_main)
+    manager = checkpoint_manager(seed_dir)
     try:  # closing the manager completes a save in flight, also on an error
       t0 = time.perf_counter()
       init_key, dropout_key = jax.random.split(jax.random.key(seed))
@@ -686,7 +276,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
       if start is None:
         state, start = init_state(init_key, pretrained), 0
       else:  # an interrupted run: continue exactly where its last checkpoint left off
-        state = _restore_state(manager, start, abstract_state, state_sharding, seed_dir)
+        state = restore_state(manager, start, abstract_state, state_sharding, seed_dir)
         print(f"seed {seed}: resuming from checkpoint {start} in {seed_dir}", flush=True)
       order = _train_order(num_train, s.steps, s.batch_size, seed)
       writer = MetricWriter(seed_dir, s.steps, "off", initial_step=start)
@@ -695,7 +285,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
         rows = order[step * s.batch_size:(step + 1) * s.batch_size]
         batch = {k: v[rows] for k, v in train_data.items()}
         batch["weights"] = np.ones((s.batch_size,), np.float32)
-        state, metrics = train_step(state, _device_batch(batch, batch_sharding), dropout_key)
+        state, metrics = train_step(state, device_batch(batch, batch_sharding), dropout_key)
         pending.append(metrics)
         if (step + 1) % config.log_every == 0 or step + 1 == s.steps:
           fetched = jax.device_get(pending)
@@ -735,13 +325,13 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
         else:
           files.append(tasks.write_predictions(spec, guids, outputs,
                                                os.path.join(pred_dir, f"{split}.tsv")))
-    result["predictions"] = [_relative(f, seed_dir) for f in files]
+    result["predictions"] = [relative_path(f, seed_dir) for f in files]
     result["settings"] = settings
     writer.close()
     if is_main:
-      _write_json(done_path, result)
+      write_json(done_path, result)
       if not config.keep_final_checkpoint:
-        _remove_tree(workdir_io.checkpoint_dir(seed_dir))
+        remove_tree(workdir_io.checkpoint_dir(seed_dir))
     per_seed[str(seed)] = result
     print(f"seed {seed}: " + "; ".join(
         f"{split} " + " ".join(f"{k}={v:.4f}" for k, v in result[split].items())
@@ -752,82 +342,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
   counts = {"train": num_train}
   for split, (guids, _) in {**dev_data, **test_data}.items():
     counts[split] = len(guids)
-  return _write_results(workdir, spec, seeds, per_seed, settings, counts, is_main)
-
-
-def _check_seed_settings(seed_dir: str, settings: dict, is_main: bool) -> None:
-  """Records the settings a seed's run starts with; refuses to resume under others."""
-  path = os.path.join(seed_dir, "settings.json")
-  if epath.Path(path).exists():
-    if _read_json(path) != json.loads(json.dumps(settings)):
-      raise UserInputError(
-          f"{seed_dir} holds an unfinished run with different settings; use a new "
-          f"--workdir (or delete {seed_dir})")
-  elif is_main:
-    # A seed dir without settings.json (an old layout) cannot be resumed safely.
-    _remove_tree(workdir_io.checkpoint_dir(seed_dir))
-    _write_json(path, settings)
-
-
-def _checkpoint_manager(seed_dir: str):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  return ocp.CheckpointManager(
-      workdir_io.checkpoint_dir(seed_dir),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=True),
-      item_handlers={"state": ocp.StandardCheckpointHandler()})
-
-
-def _restore_state(manager, step: int, abstract_state, state_sharding, seed_dir: str):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                        abstract_state, state_sharding)
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))
-  except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-    raise UserInputError(
-        f"checkpoint {step} in {seed_dir}/checkpoints does not fit this run "
-        f"({str(e).splitlines()[0][:200]}); delete {seed_dir} to start the seed over") from e
-  return restored["state"]
-
-
-def _write_results(workdir, spec, seeds, per_seed, settings, counts, is_main) -> dict:
-  """Summarises the seeds, copies the best seed's predictions, writes results.json."""
-  main_split = spec.dev_splits[0]
-  main_values = [per_seed[str(sd)][main_split][spec.main_metric] for sd in seeds]
-  best_seed = seeds[int(np.argmax(main_values))]
-  summary = {}
-  for split in list(spec.dev_splits) + list(spec.test_splits):
-    if all(split in per_seed[str(sd)] for sd in seeds):
-      names = per_seed[str(seeds[0])][split].keys()
-      summary[split] = {k: summarize([per_seed[str(sd)][split][k] for sd in seeds])
-                        for k in names}
-  best = per_seed[str(best_seed)]
-  predictions = {"seed": best_seed, "files": []}
-  if best.get("predictions") and is_main:
-    src = os.path.join(workdir, f"seed_{best_seed}", "predictions")
-    _replace_dir(src, os.path.join(workdir, "predictions"))
-    predictions["files"] = list(best["predictions"])  # relative to the workdir too
-  results = {
-      "task": spec.name,
-      "main_metric": f"{main_split}/{spec.main_metric}",
-      "main": summarize(main_values),
-      "seeds": seeds,
-      "best_seed": best_seed,
-      "summary": summary,
-      "per_seed": {str(sd): {k: v for k, v in per_seed[str(sd)].items()
-                             if k not in ("settings", "predictions")} for sd in seeds},
-      "predictions": predictions,
-      "examples": counts,
-      "settings": settings,
-  }
-  if is_main:
-    _write_json(os.path.join(workdir, "results.json"), results)
-  m = results["main"]
-  print(f"{spec.name} {results['main_metric']} over {len(seeds)} seed(s): median "
-        f"{m['median']:.4f} (min {m['min']:.4f}, max {m['max']:.4f}, std {m['std']:.4f}); "
-        f"results in {os.path.join(workdir, 'results.json')}", flush=True)
-  return results
+  return write_results(workdir, spec, seeds, per_seed, settings, counts, is_main)
 
 
 if __name__ == "__main__":
