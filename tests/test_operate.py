@@ -133,7 +133,7 @@ def test_unusable_workdir_fails_before_training(tiny_config, corpus_glob, cache_
   blocker.write_text("x")
   with pytest.raises(UserInputError, match="is not writable"):
     train.train_and_evaluate(config, str(blocker / "run"))
-  monkeypatch.setattr(train.shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(  # pylint: disable=protected-access
+  monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(  # pylint: disable=protected-access
       10**9, 10**9 - 1000, 1000))
   with pytest.raises(UserInputError, match=r"GiB free but 4 checkpoints"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
