@@ -1,0 +1,280 @@
+"""The transformer layers of an ELECTRA tower in Flax linen (post-LN BERT, HF names).
+
+Embeddings, self-attention (fused QKV matmul; `explicit_attention` when attention dropout
+is on), the encoder layer and its scanned/unrolled, optionally remat'd stack, and the
+prediction heads.  Parameter names are set by each submodule's `name=`, so they match
+Hugging Face's ELECTRA (see `electra_jax.model` for the whole tree).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+import numpy as np
+
+from electra_jax import counter_rng
+from electra_jax.errors import UserInputError
+from electra_jax.model_config import EncoderConfig
+
+# Same "minus infinity" as jax.nn.dot_product_attention uses, so both paths agree.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def _kernel_init(cfg: EncoderConfig):
+  return nn.initializers.truncated_normal(stddev=cfg.initializer_range)
+
+
+class TokenDense(nn.Dense):
+  """nn.Dense (same parameters) applied to the tokens as one [tokens, features] matrix.
+
+  Flattening the leading dims first is free (a reshape), but it matters for the
+  backward pass: the kernel gradient of a [B, L, H] input contracts two dims, which
+  XLA:CPU lowers through layout copies at about half the speed of the 2-D matmul
+  (benchmarks/train_step.md).
+  """
+
+  @nn.compact
+  def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+    lead = inputs.shape[:-1]
+    flat = inputs.reshape((-1, inputs.shape[-1])) if len(lead) != 1 else inputs
+    return super().__call__(flat).reshape(lead + (self.features,))
+
+
+def _dense(cfg: EncoderConfig, features: int, name: str) -> nn.Dense:
+  return TokenDense(features, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                    kernel_init=_kernel_init(cfg), bias_init=nn.initializers.zeros,
+                    name=name)
+
+
+def _layer_norm(cfg: EncoderConfig, name: str) -> nn.LayerNorm:
+  # float32 numerics regardless of the compute dtype.
+  return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
+                      param_dtype=jnp.float32, name=name)
+
+
+def _gelu(x: jnp.ndarray) -> jnp.ndarray:
+  # erf GELU, as BERT/ELECTRA; evaluated in float32 (CPUs lack bf16 arithmetic).
+  return nn.gelu(x.astype(jnp.float32), approximate=False).astype(x.dtype)
+
+
+def _dropout(module: nn.Module, x: jnp.ndarray, rate: float,
+             deterministic: bool) -> jnp.ndarray:
+  """Inverted dropout drawing from `module`'s 'dropout' rng stream."""
+  if rate == 0.0 or deterministic:
+    return x
+  # Counter-hash mask (electra_jax/counter_rng.py): threefry per element cost ~15%
+  # of a CPU training step.
+  keep = counter_rng.keep_mask(module.make_rng('dropout'), rate, x.shape)
+  # Scale in float32 (CPUs lack bf16 arithmetic; XLA fuses the casts elsewhere).
+  scaled = x.astype(jnp.float32) * jnp.float32(1.0 / (1.0 - rate))
+  return jnp.where(keep, scaled, 0.0).astype(x.dtype)
+
+
+class Embeddings(nn.Module):
+  """word + position + token-type embeddings, then LayerNorm (float32 output).
+
+  Dropout is applied by the tower that consumes the output, so the block can be shared
+  by a generator and a discriminator with different settings.  `zero_init` makes every
+  parameter (LayerNorm scale included) start at zero: the GDES delta block.
+  """
+  cfg: EncoderConfig
+  zero_init: bool = False
+
+  def setup(self):
+    cfg = self.cfg
+    zeros = nn.initializers.zeros
+    init = zeros if self.zero_init else nn.initializers.truncated_normal(
+        stddev=cfg.initializer_range)
+    embed = lambda n, name: nn.Embed(n, cfg.embedding_size, dtype=jnp.float32,
+                                     param_dtype=jnp.float32, embedding_init=init,
+                                     name=name)
+    self.word_embeddings = embed(cfg.vocab_size, 'word_embeddings')
+    self.position_embeddings = embed(cfg.max_position_embeddings, 'position_embeddings')
+    self.token_type_embeddings = embed(cfg.type_vocab_size, 'token_type_embeddings')
+    if self.zero_init:
+      self.LayerNorm = nn.LayerNorm(  # pylint: disable=invalid-name
+          epsilon=cfg.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.float32,
+          scale_init=zeros, name='LayerNorm')
+    else:
+      self.LayerNorm = _layer_norm(cfg, 'LayerNorm')  # pylint: disable=invalid-name
+
+  def __call__(self, input_ids: jnp.ndarray, segment_ids: jnp.ndarray) -> jnp.ndarray:
+    seq_len = input_ids.shape[-1]
+    if seq_len > self.cfg.max_position_embeddings:
+      raise UserInputError(
+          f'sequence length {seq_len} exceeds max_position_embeddings '
+          f'{self.cfg.max_position_embeddings}; shorten max_seq_length')
+    x = self.word_embeddings(input_ids)
+    x = x + self.position_embeddings(jnp.arange(seq_len))[None]
+    x = x + self.token_type_embeddings(segment_ids)
+    return self.LayerNorm(x)
+
+  def word_table(self) -> jnp.ndarray:
+    """The [vocab, embedding_size] word table (the generator's output projection)."""
+    return self.word_embeddings.embedding
+
+
+class _Projection(nn.Module):
+  """The kernel and bias of a dense layer (as nn.Dense names and initialises them)."""
+  cfg: EncoderConfig
+  in_features: int
+  features: int
+
+  @nn.compact
+  def __call__(self) -> tuple[jnp.ndarray, jnp.ndarray]:
+    kernel = self.param('kernel', _kernel_init(self.cfg), (self.in_features, self.features),
+                        jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    return kernel, bias
+
+
+class SelfAttention(nn.Module):
+  """HF `attention.self`: query/key/value projections and scaled dot-product attention."""
+  cfg: EncoderConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+    """x [B, L, H]; mask [B, 1, 1, L] bool (True = key may be attended). -> [B, L, H]."""
+    cfg = self.cfg
+    heads, head_dim = cfg.num_heads, cfg.hidden_size // cfg.num_heads
+    # One [tokens, hidden] x [hidden, 3 * hidden] matmul for the three projections (the
+    # parameters stay HF's separate query/key/value kernels and biases).
+    kernels, biases = zip(*(_Projection(cfg, x.shape[-1], cfg.hidden_size, name=n)()
+                            for n in ('query', 'key', 'value')))
+    dt = cfg.compute_dtype
+    flat = x.reshape(-1, x.shape[-1]).astype(dt)
+    qkv = flat @ jnp.concatenate(kernels, axis=1).astype(dt) + jnp.concatenate(biases).astype(dt)
+    qkv = qkv.reshape(x.shape[:-1] + (3, heads, head_dim))
+    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    use_dropout = cfg.attention_dropout_rate > 0.0 and not self.deterministic
+    if use_dropout:
+      out = explicit_attention(q, k, v, mask, dropout=lambda p: _dropout(
+          self, p, cfg.attention_dropout_rate, deterministic=False))
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    return out.reshape(out.shape[:-2] + (cfg.hidden_size,))
+
+
+def explicit_attention(q, k, v, mask, dropout=None):
+  """softmax(q k^T / sqrt(d) masked) v with float32 logits and softmax.
+
+  q, k, v: [B, L, heads, head_dim] in the compute dtype; mask broadcastable to
+  [B, heads, L, L] (True = attend).  `dropout` (optional) is applied to the
+  probabilities.  Same numerics as jax.nn.dot_product_attention's XLA path.
+  """
+  logits = jnp.einsum('btnh,bsnh->bnts', q, k, preferred_element_type=jnp.float32)
+  logits = logits * jnp.float32(1.0 / np.sqrt(q.shape[-1]))
+  logits = jnp.where(mask, logits, jnp.float32(_MASK_VALUE))
+  probs = jax.nn.softmax(logits, axis=-1)
+  if dropout is not None:
+    probs = dropout(probs)
+  # Named so the 'dots' remat policy keeps it (4 MiB per layer for Small at 32 x 128):
+  # the output projection's kernel gradient needs it, and recomputing it costs the
+  # whole attention forward again.
+  return checkpoint_name(jnp.einsum('bnts,bsnh->btnh', probs.astype(v.dtype), v),
+                         'attention_context')
+
+
+class _DenseLayerNorm(nn.Module):
+  """HF `*.output`: dense, dropout, residual add, LayerNorm (float32)."""
+  cfg: EncoderConfig
+  features: int
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, residual: jnp.ndarray) -> jnp.ndarray:
+    y = _dense(self.cfg, self.features, 'dense')(x)
+    y = _dropout(self, y, self.cfg.dropout_rate, self.deterministic)
+    out = _layer_norm(self.cfg, 'LayerNorm')(
+        residual.astype(jnp.float32) + y.astype(jnp.float32))
+    return out.astype(self.cfg.compute_dtype)
+
+
+class _Attention(nn.Module):
+  cfg: EncoderConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, mask):
+    a = SelfAttention(self.cfg, self.deterministic, name='self')(x, mask)
+    return _DenseLayerNorm(self.cfg, self.cfg.hidden_size, self.deterministic,
+                           name='output')(a, x)
+
+
+class _Intermediate(nn.Module):
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x):
+    return _gelu(_dense(self.cfg, self.cfg.intermediate_size, 'dense')(x))
+
+
+class EncoderLayer(nn.Module):
+  """One post-LN transformer layer.  Signature (carry, mask) -> (carry, None) for scan."""
+  cfg: EncoderConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray):
+    x = _Attention(self.cfg, self.deterministic, name='attention')(x, mask)
+    h = _Intermediate(self.cfg, name='intermediate')(x)
+    x = _DenseLayerNorm(self.cfg, self.cfg.hidden_size, self.deterministic,
+                        name='output')(h, x)
+    return x, None
+
+
+def _remat_policy(name: str):
+  if name == 'full':
+    return None  # save nothing: recompute the whole layer in the backward pass
+  # Save the outputs of matmuls without batch dims (the dense projections) and the
+  # attention context; recompute the attention scores and softmax, GELU, LayerNorms and
+  # dropout masks.  (Saving the probabilities or the GELU output too measured slower.)
+  return jax.checkpoint_policies.save_from_both_policies(
+      jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+      jax.checkpoint_policies.save_only_these_names('attention_context'))
+
+
+class Encoder(nn.Module):
+  """The stack of `num_layers` EncoderLayers (scanned or unrolled, optionally remat'd)."""
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray, *, deterministic: bool):
+    cfg = self.cfg
+    layer_cls = EncoderLayer
+    if cfg.remat != 'none':
+      layer_cls = nn.remat(layer_cls, policy=_remat_policy(cfg.remat),
+                           prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      stack = nn.scan(layer_cls, variable_axes={'params': 0},
+                      split_rngs={'params': True, 'dropout': True},
+                      in_axes=nn.broadcast, length=cfg.num_layers)
+      x, _ = stack(cfg, deterministic, name='layer')(x, mask)
+    else:
+      for i in range(cfg.num_layers):
+        x, _ = layer_cls(cfg, deterministic, name=f'layer_{i}')(x, mask)
+    return x
+
+
+class DiscriminatorPredictions(nn.Module):
+  """HF `discriminator_predictions`: dense(hidden) -> GELU -> dense(1)."""
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+    h = _gelu(_dense(self.cfg, self.cfg.hidden_size, 'dense')(h))
+    logits = _dense(self.cfg, 1, 'dense_prediction')(h)
+    return logits[..., 0].astype(jnp.float32)
+
+
+class GeneratorPredictions(nn.Module):
+  """HF `generator_predictions`: dense(embedding_size) -> GELU -> LayerNorm (float32)."""
+  cfg: EncoderConfig
+
+  @nn.compact
+  def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+    h = _gelu(_dense(self.cfg, self.cfg.embedding_size, 'dense')(h))
+    return _layer_norm(self.cfg, 'LayerNorm')(h)
