@@ -28,14 +28,37 @@ def _mix32(h: jax.Array) -> jax.Array:
   return h ^ (h >> 16)
 
 
+# Arrays with fewer elements than this use one 32-bit counter (module level so tests can
+# exercise the two-counter path on small arrays).
+_COUNTER_LIMIT = 2 ** 32
+
+
 def bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """uint32 array of `shape`, uniform over all 2^32 values, from `key`."""
+  """uint32 array of `shape`, uniform over all 2^32 values, from `key`.
+
+  Arrays of 2^32 elements or more (ELECTRA-Large's Gumbel noise at the paper's batch
+  of 2048) number their elements by two counters: `hi` over the leading axes and `lo`
+  over the trailing block of fewer than 2^32 elements; then
+
+      bits(hi, lo) = mix(mix(lo ^ s1) + mix(hi ^ s2) + s2)
+
+  which is still a bijection of `lo` for each `hi`, and sharding-independent.
+  """
+  shape = tuple(int(d) for d in shape)
   size = int(np.prod(shape))
-  if size >= 2 ** 32:
-    raise ValueError(f"counter random numbers over {size} elements exceed the 32-bit counter")
   s1, s2 = jax.random.bits(key, (2,), jnp.uint32)
-  counter = jax.lax.iota(jnp.uint32, size).reshape(shape)
-  return _mix32(_mix32(counter ^ s1) + s2)
+  if size < _COUNTER_LIMIT:
+    counter = jax.lax.iota(jnp.uint32, size).reshape(shape)
+    return _mix32(_mix32(counter ^ s1) + s2)
+  split = next((k for k in range(len(shape) + 1)
+                if int(np.prod(shape[k:])) < _COUNTER_LIMIT), len(shape))
+  lo_size, hi_size = int(np.prod(shape[split:])), int(np.prod(shape[:split]))
+  if hi_size >= _COUNTER_LIMIT:
+    raise ValueError(f"counter random numbers: an array of shape {shape} is too large")
+  ones = (1,) * (len(shape) - split)
+  lo = jax.lax.iota(jnp.uint32, lo_size).reshape((1,) * split + shape[split:])
+  hi = jax.lax.iota(jnp.uint32, hi_size).reshape(shape[:split] + ones)
+  return _mix32(_mix32(lo ^ s1) + _mix32(hi ^ s2) + s2)
 
 
 def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:

@@ -45,6 +45,29 @@ def test_uniform_is_open_and_uniform_and_gumbel_is_gumbel():
   np.testing.assert_allclose(g.mean(), np.euler_gamma, atol=0.02)
 
 
+def test_arrays_over_the_32_bit_counter_use_two_counters(monkeypatch):
+  """ELECTRA-Large's Gumbel noise at batch 2048 has 8.1e9 elements: it must trace, and
+  the two-counter numbering must be as random as the one-counter one."""
+  traced = jax.eval_shape(lambda k: counter_rng.gumbel(k, (2048, 130, 30522)),
+                          jax.random.key(0))
+  assert traced.shape == (2048, 130, 30522)
+  small = np.asarray(counter_rng.bits(jax.random.key(4), (64, 4096)))
+  monkeypatch.setattr(counter_rng, "_COUNTER_LIMIT", 4097)  # rows of 4096: hi = row
+  two = np.asarray(counter_rng.bits(jax.random.key(4), (64, 4096)))
+  assert (two == small).mean() < 1e-3  # a different numbering, not the old one
+  assert all(len(np.unique(row)) == row.size for row in two)  # a bijection per row
+  u = np.asarray(counter_rng.uniform(jax.random.key(5), (64, 4096))).ravel()
+  assert stats.kstest(u, "uniform").pvalue > 1e-4
+  keep = np.asarray(counter_rng.keep_mask(jax.random.key(6), 0.1, (64, 4096)))
+  assert abs(keep.mean() - 0.9) < _tol(0.9, keep.size)
+  for x, y in ((keep[1:], keep[:-1]), (keep[:, 1:], keep[:, :-1])):  # across hi, across lo
+    assert abs((x & y).mean() - 0.81) < _tol(0.81, x.size)
+  monkeypatch.setattr(counter_rng, "_COUNTER_LIMIT", 17)  # 15 rows of 16: still fine
+  assert np.asarray(counter_rng.bits(jax.random.key(0), (15, 16))).shape == (15, 16)
+  with pytest.raises(ValueError, match="too large"):
+    counter_rng.bits(jax.random.key(0), (16, 16, 16))  # 256 leading elements >= 17
+
+
 def test_argmax_matches_jnp_argmax_including_ties():
   rng = np.random.default_rng(0)
   x = rng.integers(0, 5, size=(7, 9, 301)).astype(np.float32)  # many ties: first wins
