@@ -124,3 +124,11 @@ def tiny_pretrained_run(corpus_glob, cache_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tiny_pretrained") / "run")
   final = train.train_and_evaluate(config, workdir)
   return workdir, config, final
+
+
+@pytest.fixture(scope="module")
+def tied():
+  """(ELECTRA model with tied embeddings, random params): the model tests' default."""
+  from model_helpers import _model, _random_params  # pylint: disable=g-import-not-at-top
+  model = _model()
+  return model, _random_params(model)

@@ -5,22 +5,12 @@ padding, attention, dropout.
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from electra_jax import model as M
 
 from model_helpers import (
-    VOCAB, B, L, N, _disc, _model, _random_params, _fill, _batch, _jit, _run,
+    VOCAB, B, L, N, _disc, _model, _fill, _batch, _jit, _run,
     _np_generator_logits_all, _np_discriminator_logits, _stacked)
-
-
-# ----------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope='module')
-def tied():
-  model = _model()
-  return model, _random_params(model)
 
 
 # ----------------------------------------------------------------- numerics

@@ -16,15 +16,6 @@ from model_helpers import (
     _np_generator_logits_all, _np_discriminator_logits, _stacked)
 
 
-# ----------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope='module')
-def tied():
-  model = _model()
-  return model, _random_params(model)
-
-
 # ----------------------------------------------------------------- sharing and gradients
 
 
