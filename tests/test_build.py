@@ -16,6 +16,7 @@ from electra_jax import tokenization
 from electra_jax.data import build
 from electra_jax.data import build_shards
 from electra_jax.data import build_units
+from electra_jax.data import build_worker
 from electra_jax.data import dataset
 from electra_jax.data import records
 from electra_jax.data import vocab as vocab_lib
@@ -373,8 +374,8 @@ def test_failure_leaves_nothing(corpus, tmp_path, monkeypatch):
       raise RuntimeError("boom")
     return original(unit)
 
-  original = build._process_unit  # pylint: disable=protected-access
-  monkeypatch.setattr(build, "_process_unit", failing)
+  original = build_worker.process_unit
+  monkeypatch.setattr(build_worker, "process_unit", failing)
   with pytest.raises(RuntimeError, match="boom"):
     build_at(corpus, tmp_path / "out", num_workers=0)
   assert os.listdir(tmp_path) == []

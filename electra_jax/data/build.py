@@ -47,15 +47,15 @@ renamed into place at the end, so an interrupted build leaves nothing that looks
 complete.  See `electra_jax.data.dataset` for the layout and for reading it.
 
 This module runs the workers and routes their output; cutting the input into
-units and reading their text is `electra_jax.data.build_units`, writing the
-shards `electra_jax.data.build_shards`.
+units and reading their text is `electra_jax.data.build_units`, a worker's job on
+one unit `electra_jax.data.build_worker`, writing the shards
+`electra_jax.data.build_shards`.
 """
 
 import argparse
 import collections
 import contextlib
 import dataclasses
-import hashlib
 import io
 import multiprocessing
 import os
@@ -66,13 +66,11 @@ from typing import Any, Iterator, Sequence
 import uuid
 
 from etils import epath
-import numpy as np
 
 from electra_jax import tokenization
 from electra_jax.data import build_shards as shards_lib
 from electra_jax.data import build_units as units_lib
-from electra_jax.data import examples as examples_lib
-from electra_jax.data import records as records_lib
+from electra_jax.data import build_worker as worker_lib
 from electra_jax.data import vocab as vocab_lib
 from electra_jax.errors import UserInputError
 from electra_jax.errors import run_cli
@@ -80,179 +78,10 @@ from electra_jax.errors import run_cli
 MIN_SEQ_LENGTH = 8
 MAX_SEQ_LENGTH = 4096
 DEFAULT_UNIT_BYTES = 16 << 20
-_TOKENIZE_BATCH_LINES = 1024
-_TOKENIZE_BATCH_CHARS = 1 << 20
 _PROGRESS_EVERY_S = 5.0
 
 _COUNT_KEYS = ("documents", "lines", "tokens", "tokens_in_examples",
                "long_lines_split", "invalid_utf8_lines", "bytes")
-
-
-@dataclasses.dataclass(frozen=True)
-class _WorkerSettings:
-  vocab_path: str
-  max_seq_length: int
-  seed: int
-  validation_fraction: float
-  tfds: units_lib.TfdsSpec | None
-  spill_dir: str  # Where workers write the units' serialized examples.
-
-
-# ----------------------------------------------------------------------------
-# Worker side (runs in worker processes; spawned ones must not import
-# tensorflow_datasets unless the input is tfds)
-
-_worker_state: dict[str, Any] = {}
-
-
-def _init_worker(settings: _WorkerSettings) -> None:
-  _worker_state.clear()
-  _worker_state["settings"] = settings
-  _worker_state["tokenizer"] = tokenization.load_tokenizer(settings.vocab_path)
-  if settings.tfds is not None:
-    _worker_state["tfds_source"] = units_lib.open_tfds_source(settings.tfds)
-
-
-class _UnitSpill:
-  """Serializes one unit's examples (tf.train.Example) into its spill files."""
-
-  def __init__(self, spill_dir: str, unit_index: int):
-    self._data_path, self._offsets_path = shards_lib.spill_paths(spill_dir,
-                                                                 unit_index)
-    self._file = None
-    self._size = 0
-    self._offsets = [np.zeros(1, np.int64)]
-    self._documents = []
-
-  def add(self, arrays: dict[str, np.ndarray], documents: Sequence[int]):
-    data, offsets = records_lib.encode_examples(arrays)
-    if self._file is None:
-      self._file = open(self._data_path, "wb")
-    self._file.write(data)
-    self._offsets.append(offsets[1:] + self._size)
-    self._size += len(data)
-    self._documents.append(np.asarray(documents, np.int32))
-
-  def finish(self) -> tuple[np.ndarray, np.ndarray]:
-    """Closes the files; returns (offsets [n + 1], document of each record)."""
-    offsets = np.concatenate(self._offsets)
-    if self._file is not None:
-      self._file.close()
-      np.save(self._offsets_path, offsets)
-    documents = (np.concatenate(self._documents) if self._documents else
-                 np.zeros((0,), np.int32))
-    return offsets, documents
-
-
-def _is_validation(seed: int, unit_index: int, document: int,
-                   fraction: float) -> bool:
-  if fraction <= 0:
-    return False
-  digest = hashlib.blake2b(f"{seed}/{unit_index}/{document}".encode(),
-                           digest_size=8).digest()
-  return int.from_bytes(digest, "little") / 2.0**64 < fraction
-
-
-def _segments(offsets: np.ndarray, documents: np.ndarray, unit_index: int
-             ) -> list[tuple[int, int, int, bool]]:
-  """The unit's records as (start, end, bytes, is_validation) ranges.
-
-  Consecutive documents of one split share a range, except the unit's last
-  document, which is always a range of its own (the main process may move the
-  very last document of the input to validation).
-  """
-  settings: _WorkerSettings = _worker_state["settings"]
-  if not len(documents):  # pylint: disable=g-explicit-length-test
-    return []
-  cuts = (np.flatnonzero(np.diff(documents)) + 1).tolist()
-  starts, ends = [0] + cuts, cuts + [len(documents)]
-  segments = []
-  for i, (s, e) in enumerate(zip(starts, ends)):
-    flag = _is_validation(settings.seed, unit_index, int(documents[s]),
-                          settings.validation_fraction)
-    if segments and segments[-1][2] == flag and i < len(starts) - 1:
-      segments[-1][1] = e
-    else:
-      segments.append([s, e, flag])
-  return [(s, e, int(offsets[e] - offsets[s]), flag)
-          for s, e, flag in segments]
-
-
-def _process_unit(unit: units_lib.Unit) -> dict[str, Any]:
-  """Tokenizes one unit, builds its examples and spills them.
-
-  The examples go, serialized, to the unit's spill files
-  (`build_shards.spill_paths`).
-
-  Returns:
-    'unit': the unit index; 'num_records'; 'segments': (start, end, bytes,
-    is_validation) record ranges in order (see `_segments`);
-    'documents_with_examples'; 'stats': counts.
-  """
-  settings: _WorkerSettings = _worker_state["settings"]
-  tok = _worker_state["tokenizer"]
-  max_len = settings.max_seq_length
-  stats = collections.Counter()
-  texts, doc_of_text = units_lib.unit_texts(
-      unit, stats, _worker_state.get("tfds_source"),
-      settings.tfds.text_key if settings.tfds is not None else None)
-
-  rng = np.random.default_rng([settings.seed, unit.index])
-  builder = examples_lib.ExampleBuilder(max_len, rng)
-  spill = _UnitSpill(settings.spill_dir, unit.index)
-  pending: list[examples_lib.Segments] = []
-  pending_docs: list[int] = []
-
-  def pack():
-    if pending:
-      spill.add(examples_lib.pack_examples(
-          pending, max_len, cls_id=tok.cls_id, sep_id=tok.sep_id,
-          pad_id=tok.pad_id), pending_docs)
-      stats["tokens_in_examples"] += sum(len(a) + len(b) for a, b in pending)
-      pending.clear()
-      pending_docs.clear()
-
-  current_doc, tokens, start = 0, 0, 0
-  while start < len(texts):
-    end, chars = start, 0
-    while (end < len(texts) and end - start < _TOKENIZE_BATCH_LINES and
-           chars < _TOKENIZE_BATCH_CHARS):
-      chars += len(texts[end])
-      end += 1
-    for ids, d in zip(tok.encode_batch(texts[start:end]),
-                      doc_of_text[start:end]):
-      if d != current_doc:
-        done = builder.end_document()
-        pending.extend(done)
-        pending_docs.extend([current_doc] * len(done))
-        current_doc = d
-      tokens += len(ids)
-      done = builder.add_line(ids)
-      if done:
-        pending.extend(done)
-        pending_docs.extend([d] * len(done))
-    pack()
-    start = end
-  done = builder.end_document()
-  pending.extend(done)
-  pending_docs.extend([current_doc] * len(done))
-  pack()
-  stats["tokens"] = tokens
-  stats["long_lines_split"] = builder.long_lines
-
-  offsets, documents = spill.finish()
-  return {
-      "unit": unit.index,
-      "num_records": len(documents),
-      "segments": _segments(offsets, documents, unit.index),
-      "documents_with_examples": len(np.unique(documents)),
-      "stats": dict(stats),
-  }
-
-
-def _call(job: tuple[Any, Any]) -> Any:
-  fn, arg = job
-  return fn(arg)
 
 
 # ----------------------------------------------------------------------------
@@ -294,14 +123,14 @@ def _start_method(fork_workers: bool, text_input: bool) -> str:
 class _Workers:
   """Runs jobs in worker processes, or in this process (0 workers)."""
 
-  def __init__(self, settings: _WorkerSettings, num_workers: int,
+  def __init__(self, settings: worker_lib.WorkerSettings, num_workers: int,
                start_method: str):
     self._pool = None
     if num_workers <= 0:
-      _init_worker(settings)
+      worker_lib.init_worker(settings)
       return
     ctx = multiprocessing.get_context(start_method)
-    self._pool = ctx.Pool(num_workers, initializer=_init_worker,
+    self._pool = ctx.Pool(num_workers, initializer=worker_lib.init_worker,
                           initargs=(settings,))
 
   def __enter__(self):
@@ -309,7 +138,7 @@ class _Workers:
 
   def __exit__(self, *exc):
     if self._pool is None:
-      _worker_state.clear()
+      worker_lib.worker_state.clear()
       return
     if exc[0] is None:
       self._pool.close()
@@ -324,7 +153,7 @@ class _Workers:
     """
     if self._pool is None:
       return (fn(arg) for arg in args)
-    return self._pool.imap_unordered(_call, [(fn, a) for a in args])
+    return self._pool.imap_unordered(worker_lib.call, [(fn, a) for a in args])
 
 
 class _Progress:
@@ -410,7 +239,7 @@ class _Router:
 def _collect(units: Sequence[units_lib.Unit],
              running: Iterator[dict[str, Any]], router: _Router,
              progress: _Progress) -> dict[int, dict[str, Any]]:
-  """Unit index -> its `_process_unit` result, as `running` yields them.
+  """Unit index -> its `worker_lib.process_unit` result, as `running` yields them.
 
   Passes the results on to `router` in unit order as soon as they can be.
   """
@@ -435,7 +264,7 @@ def _collect(units: Sequence[units_lib.Unit],
 
 
 def _route(units: Sequence[units_lib.Unit],
-           running: Iterator[dict[str, Any]], settings: _WorkerSettings,
+           running: Iterator[dict[str, Any]], settings: worker_lib.WorkerSettings,
            progress: _Progress):
   """Collects the units' results and puts their records into the splits.
 
@@ -526,7 +355,7 @@ def _rmtree(path: epath.Path) -> None:
     path.rmtree()
 
 
-def _metadata(tok: tokenization.Tokenizer, settings: _WorkerSettings,
+def _metadata(tok: tokenization.Tokenizer, settings: worker_lib.WorkerSettings,
               unit_bytes: int) -> dict[str, Any]:
   """metadata.json, less the input description and the counts."""
   from electra_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
@@ -690,7 +519,7 @@ def build_dataset(inputs: str | Sequence[str] | None,
   try:
     spill_dir = tmp / "spill"
     spill_dir.mkdir()
-    settings = _WorkerSettings(str(tok.path), max_seq_length, int(seed),
+    settings = worker_lib.WorkerSettings(str(tok.path), max_seq_length, int(seed),
                                float(validation_fraction), spec,
                                os.fspath(spill_dir))
     print(f"[build] {len(units)} work unit(s), {workers} worker(s)"
@@ -700,7 +529,7 @@ def build_dataset(inputs: str | Sequence[str] | None,
           file=out, flush=True)
     with _Workers(settings, workers, start_method) as pool:
       # Biggest first: they start first, so the last to finish are small.
-      running = pool.run(_process_unit, sorted(
+      running = pool.run(worker_lib.process_unit, sorted(
           units, key=lambda u: u.end - u.start, reverse=True))
       # tfds is imported here, not at module level (worker processes import
       # this module and need neither), while the workers start.
