@@ -32,6 +32,22 @@ def test_matches_numpy_reference_and_gathers_masked_positions(tied):
 
 
 
+def test_gelu_is_the_exact_erf_gelu_with_its_derivative():
+  import math
+  from electra_jax import model_layers
+  x = np.concatenate([np.linspace(-12, 12, 4001), [-40.0, -5.5, 0.0, 7.25, 40.0]])
+  exact = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x])  # float64
+  slope = np.array([0.5 * (1 + math.erf(v / math.sqrt(2)))
+                    + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi) for v in x])
+  xj = jnp.asarray(x, jnp.float32)
+  got = np.asarray(jax.jit(model_layers._gelu)(xj), np.float64)
+  np.testing.assert_allclose(got, exact, rtol=2e-7, atol=2e-6)
+  grad = np.asarray(jax.jit(jax.vmap(jax.grad(model_layers._gelu)))(xj), np.float64)
+  np.testing.assert_allclose(grad, slope, rtol=1e-6, atol=2e-6)
+  # jax.nn.gelu's erfc form agrees to the same tolerance (the formula it replaced).
+  np.testing.assert_allclose(got, np.asarray(jax.nn.gelu(xj, approximate=False)), atol=2e-6)
+  assert model_layers._gelu(jnp.ones((2,), jnp.bfloat16)).dtype == jnp.bfloat16
+
 
 def test_scan_equals_unrolled(tied):
   model, params = tied
