@@ -10,9 +10,15 @@ seed (s1, s2) is drawn per call with threefry, and element i gets
 with `mix` MurmurHash3's 32-bit finaliser, a bijection of uint32 with full avalanche:
 a few integer ops per element, vectorised by XLA, ~40x cheaper than threefry.  `i` is
 the element's position in a global iota, so the values of an array do not depend on
-how it is sharded over devices.  The streams are for dropout and sampling noise, not
+how it is sharded over devices.  Inside `example_rows`, `i` is the element's position
+in the whole batch a micro-batch was taken from, so gradient accumulation draws the
+same masks, noise and dropout as one step on the whole batch.  The streams are for dropout and sampling noise, not
 for cryptography; their rate and independence are tested in tests/test_counter_rng.py.
 """
+
+import contextlib
+import contextvars
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +32,51 @@ def _mix32(h: jax.Array) -> jax.Array:
   h = h ^ (h >> 13)
   h = h * jnp.uint32(0xC2B2AE35)
   return h ^ (h >> 16)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+  rows: int  # rows of the micro-batch (the leading dim of every array drawn)
+  stride: int  # its row r is row r * stride + offset of the whole batch
+  offset: jax.Array | int
+
+
+_ROWS: contextvars.ContextVar[_Rows | None] = contextvars.ContextVar("rows", default=None)
+
+
+@contextlib.contextmanager
+def example_rows(rows: int, stride: int, offset):
+  """While tracing inside, arrays are drawn as rows of a larger batch.
+
+  A micro-batch of `rows` examples whose row r is row r * stride + offset of the whole
+  batch (`offset` may be traced: a scan's index).  Every array drawn inside must have
+  the examples as its outermost dim (a multiple of `rows` of equal-sized blocks): it
+  then holds exactly the values those rows get when the whole batch draws the array.
+  """
+  token = _ROWS.set(_Rows(int(rows), int(stride), offset))
+  try:
+    yield
+  finally:
+    _ROWS.reset(token)
+
+
+def _mapped_bits(s1, s2, shape, rows: _Rows):
+  """bits() of the whole batch's array at a micro-batch's rows (see example_rows)."""
+  size = int(np.prod(shape))
+  if not shape or size % rows.rows:
+    raise ValueError(f"counter random numbers: an array of shape {shape} does not split "
+                     f"into the micro-batch's {rows.rows} example rows")
+  per_row = size // rows.rows
+  if per_row >= _COUNTER_LIMIT:
+    raise ValueError(f"counter random numbers: an array of shape {shape} is too large")
+  row = (jax.lax.iota(jnp.uint32, rows.rows) * jnp.uint32(rows.stride)
+         + jnp.asarray(rows.offset).astype(jnp.uint32))[:, None]
+  within = jax.lax.iota(jnp.uint32, per_row)[None, :]
+  if per_row * rows.rows * rows.stride < _COUNTER_LIMIT:
+    out = _mix32(_mix32((row * jnp.uint32(per_row) + within) ^ s1) + s2)
+  else:  # the whole batch's array takes bits()'s two-counter path, split after the rows
+    out = _mix32(_mix32(within ^ s1) + _mix32(row ^ s2) + s2)
+  return out.reshape(shape)
 
 
 # Arrays with fewer elements than this use one 32-bit counter (module level so tests can
@@ -47,6 +98,9 @@ def bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   shape = tuple(int(d) for d in shape)
   size = int(np.prod(shape))
   s1, s2 = jax.random.bits(key, (2,), jnp.uint32)
+  rows = _ROWS.get()
+  if rows is not None:
+    return _mapped_bits(s1, s2, shape, rows)
   if size < _COUNTER_LIMIT:
     counter = jax.lax.iota(jnp.uint32, size).reshape(shape)
     return _mix32(_mix32(counter ^ s1) + s2)
@@ -71,6 +125,13 @@ def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """float32 uniform on the open interval (0, 1), 24 bits: never exactly 0 or 1."""
   top24 = (bits(key, shape) >> 8).astype(jnp.float32)
   return (top24 + 0.5) * jnp.float32(2.0 ** -24)
+
+
+def randint(key: jax.Array, shape: tuple[int, ...], maxval: int) -> jax.Array:
+  """int32 uniform on [0, maxval) (bits modulo maxval: bias below maxval / 2^32)."""
+  if not 0 < maxval < 2 ** 31:
+    raise ValueError(f"counter random numbers: maxval={maxval} is out of range")
+  return (bits(key, shape) % jnp.uint32(maxval)).astype(jnp.int32)
 
 
 def gumbel(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:

@@ -129,17 +129,20 @@ def mask_tokens(rng, input_ids, input_mask, s: ObjectiveSettings, *,
   num_tokens = jnp.sum(input_mask > 0, axis=-1).astype(jnp.float32)
   k = jnp.clip(jnp.round(num_tokens * s.mask_prob), 1, n).astype(jnp.int32)
   k = jnp.minimum(k, jnp.sum(candidates, axis=-1).astype(jnp.int32))
-  # Uniform random order of the candidates: top-n of iid uniform scores.
-  scores = jnp.where(candidates, jax.random.uniform(pos_rng, (b, length)), -1.0)
+  # Uniform random order of the candidates: top-n of iid uniform 31-bit scores.  Every
+  # draw here is counter_rng's, per example row, so accumulated micro-batches draw what
+  # the whole batch would (counter_rng.example_rows).
+  scores = (counter_rng.bits(pos_rng, (b, length)) >> 1).astype(jnp.int32)
+  scores = jnp.where(candidates, scores, -1)
   _, positions = jax.lax.top_k(scores, n)
   weights = (jnp.arange(n)[None, :] < k[:, None])
   positions = jnp.where(weights, positions, 0).astype(jnp.int32)
   masked_ids = jnp.take_along_axis(input_ids, positions, axis=1)
   if not bert_style:
-    show_mask = jax.random.uniform(keep_rng, (b, n)) < s.mask_token_prob
+    show_mask = counter_rng.uniform(keep_rng, (b, n)) < s.mask_token_prob
     new_tokens = jnp.where(show_mask, s.mask_id, masked_ids)
   else:
-    u = jax.random.uniform(keep_rng, (b, n))
+    u = counter_rng.uniform(keep_rng, (b, n))
     random_ids = random_ordinary_tokens(jax.random.fold_in(keep_rng, 1), (b, n), s)
     new_tokens = jnp.where(
         u < s.mlm_mask_token_prob, s.mask_id,
@@ -157,7 +160,7 @@ def random_ordinary_tokens(rng, shape, s: ObjectiveSettings) -> jax.Array:
   random replacement never looks like structure or like a mask ([UNK] may be drawn).
   """
   specials = s.special_ids
-  r = jax.random.randint(rng, shape, 0, s.vocab_size - len(specials), dtype=jnp.int32)
+  r = counter_rng.randint(rng, shape, s.vocab_size - len(specials))
   for special in specials:  # ascending: shift past each special id in turn
     r = r + (r >= special).astype(jnp.int32)
   return r

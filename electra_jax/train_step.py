@@ -19,6 +19,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from electra_jax import counter_rng
 from electra_jax import host_memory
 from electra_jax import objective
 from electra_jax import optim
@@ -88,13 +89,17 @@ def accumulate_gradients(grad_fn, params, batch, key, num_micro: int):
   """(grads, sums) of `grad_fn(params, batch, key)` over `num_micro` micro-batches.
 
   Micro-batch i takes rows i, i + k, i + 2k, ... of the batch (k = num_micro), so every
-  device holds a slice of every micro-batch, and gets key fold_in(key, i).  Gradients
-  are averaged and metric sums added; for a loss that is a mean over rows this equals
-  `grad_fn` on the whole batch.  Runs as a lax.scan inside the jitted step, so only one
-  micro-batch's activations are alive at a time.
+  device holds a slice of every micro-batch.  Each is traced inside
+  `counter_rng.example_rows`, with the same key: the masks, sampling noise and dropout
+  it draws are those its rows get in one step on the whole batch.  Gradients are
+  averaged and metric sums added, so for a loss that is a mean over rows (ELECTRA's,
+  when every row has as many real tokens) this equals `grad_fn` on the whole batch.
+  Runs as a lax.scan inside the jitted step, so only one micro-batch's activations are
+  alive at a time.
   """
   if num_micro == 1:
     return grad_fn(params, batch, key)
+  rows = jax.tree.leaves(batch)[0].shape[0] // num_micro
 
   def split(x):  # [B, ...] -> [k, B // k, ...], row r of micro-batch i = row r*k + i
     x = x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:])
@@ -102,13 +107,16 @@ def accumulate_gradients(grad_fn, params, batch, key, num_micro: int):
 
   micro = jax.tree.map(split, batch)
 
+  def micro_grads(mb, i):
+    with counter_rng.example_rows(rows, num_micro, i):
+      return grad_fn(params, mb, key)
+
   def body(carry, xs):
     i, mb = xs
-    grads, sums = grad_fn(params, mb, jax.random.fold_in(key, i))
-    return jax.tree.map(jnp.add, carry, (grads, sums)), None
+    return jax.tree.map(jnp.add, carry, micro_grads(mb, i)), None
 
   first = jax.tree.map(lambda x: x[0], micro)
-  shapes = jax.eval_shape(grad_fn, params, first, key)
+  shapes = jax.eval_shape(micro_grads, first, 0)
   zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
   (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(num_micro), micro))
   return jax.tree.map(lambda g: g / num_micro, grads), sums

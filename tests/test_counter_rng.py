@@ -68,6 +68,39 @@ def test_arrays_over_the_32_bit_counter_use_two_counters(monkeypatch):
     counter_rng.bits(jax.random.key(0), (16, 16, 16))  # 256 leading elements >= 17
 
 
+@pytest.mark.parametrize("limit", [None, 2000])
+def test_micro_batch_rows_draw_the_whole_batch_values(monkeypatch, limit):
+  """Inside example_rows(rows, k, i) an array holds the whole batch's rows i, i + k, ...
+  (the one-counter path, and with the limit lowered, the two-counter one)."""
+  if limit:
+    monkeypatch.setattr(counter_rng, "_COUNTER_LIMIT", limit)  # whole: 12 x 5 x 7 x 6 = 2520
+  key = jax.random.key(7)
+  shape = (12, 5, 7, 6)
+  whole = np.asarray(counter_rng.bits(key, shape))
+  for k in (2, 3, 4):
+    for i in range(k):
+      def micro(key, i):
+        with counter_rng.example_rows(12 // k, k, i):
+          return (counter_rng.bits(key, (12 // k,) + shape[1:]),
+                  counter_rng.bits(key, (12 // k * 5, 42)))  # rows flattened with tokens
+      a, b = _jit(micro)(key, i)  # i traced, as a scan index is
+      np.testing.assert_array_equal(a, whole[i::k])
+      np.testing.assert_array_equal(b, whole[i::k].reshape(-1, 42))
+  with counter_rng.example_rows(5, 2, 0):
+    with pytest.raises(ValueError, match="does not split into the micro-batch's 5"):
+      counter_rng.bits(key, (4, 3))
+  assert counter_rng._ROWS.get() is None  # the context is gone afterwards
+
+
+def test_randint_range_and_uniformity():
+  r = np.asarray(_jit(counter_rng.randint, static_argnums=(1, 2))(jax.random.key(8),
+                                                                   (300_000,), 7))
+  assert r.dtype == np.int32 and r.min() == 0 and r.max() == 6
+  assert stats.chisquare(np.bincount(r, minlength=7)).pvalue > 1e-4
+  with pytest.raises(ValueError, match="maxval=0"):
+    counter_rng.randint(jax.random.key(0), (2,), 0)
+
+
 def test_argmax_matches_jnp_argmax_including_ties():
   rng = np.random.default_rng(0)
   x = rng.integers(0, 5, size=(7, 9, 301)).astype(np.float32)  # many ties: first wins

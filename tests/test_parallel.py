@@ -1,5 +1,6 @@
 """Mesh shapes, the FSDP parameter rule and multi-process detection (electra_jax.parallel)."""
 
+import functools
 import os
 import pathlib
 import socket
@@ -79,7 +80,7 @@ def test_distributed_detection(monkeypatch):
 
 def test_accumulated_micro_batches_equal_one_large_batch():
   """Averaged gradients of k micro-batches == the gradient of the whole batch, for a
-  loss that is a mean over rows; metric sums add up; keys differ per micro-batch."""
+  loss that is a mean over rows; metric sums add up."""
   from electra_jax import train  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   params = {"w": jnp.asarray(rng.standard_normal((5, 3)), jnp.float32)}
@@ -102,6 +103,47 @@ def test_accumulated_micro_batches_equal_one_large_batch():
     np.testing.assert_allclose(g["w"], full_g["w"], rtol=1e-5, atol=1e-6)
     assert float(s["rows"]) == 12.0
     np.testing.assert_allclose(float(s["x_sum"]), float(full_s["x_sum"]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["electra", "mlm"])
+def test_accumulated_training_step_equals_the_whole_batch_step(objective):
+  """The real pretraining step, random masks, Gumbel sampling and dropout included:
+  grad_accum_steps=4 gives the parameters and metric sums of one step on the whole
+  batch (every row has as many real tokens, so per-micro-batch means average to the
+  whole batch's)."""
+  from electra_jax import aot, train  # pylint: disable=g-import-not-at-top
+  from electra_jax.config import pretrain_config  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  batch = {"input_ids": jnp.asarray(rng.integers(104, 300, (8, 32)), jnp.int32),
+           "input_mask": jnp.ones((8, 32), jnp.int32),
+           "segment_ids": jnp.asarray(np.repeat([[0] * 16 + [1] * 16], 8, 0), jnp.int32)}
+  results = {}
+  for accum in (1, 4):
+    c = pretrain_config("tiny")
+    c.objective = objective
+    if objective == "mlm":
+      c.model.embedding_sharing = "tied"
+    c.data.max_seq_length = 32
+    c.model.num_layers, c.model.hidden_size, c.model.num_heads = 2, 32, 2
+    c.model.intermediate_size, c.model.embedding_size = 64, 32
+    c.model.dropout_rate = c.model.attention_dropout_rate = 0.1
+    c.train.batch_size, c.train.grad_accum_steps = 8, accum
+    mesh = parallel.make_mesh(c.mesh, jax.devices()[:1])
+    training = train.build_training(c, aot.StandInTokenizer(300), mesh)
+    state = training.init_state(training.init_key)
+    state, sums = training.train_step(state, dict(batch))
+    results[accum] = (jax.device_get(state.params), jax.device_get(sums))
+  (p1, s1), (p4, s4) = results[1], results[4]
+  for path, a in jax.tree_util.tree_leaves_with_path(p1):
+    b = functools.reduce(lambda t, k: t[k.key], path, p4)
+    np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6, err_msg=jax.tree_util.keystr(path))
+  assert set(s1) == set(s4)
+  assert float(s1["batches"]) == 1 and float(s4["batches"]) == 4
+  for name in s1:
+    # 'loss' is a mean per (micro-)batch, summed, as 'batches' counts them; the rest add.
+    want = s1[name] * 4 if name == "loss" else s1[name]
+    if name != "batches":
+      np.testing.assert_allclose(s4[name], want, rtol=1e-4, atol=1e-4, err_msg=name)
 
 
 # ----------------------------------------------------------------------------- equivalence
