@@ -6,7 +6,6 @@ import subprocess
 import sys
 import threading
 
-from array_record.python import array_record_module
 from etils import epath
 import numpy as np
 import pytest
@@ -14,84 +13,15 @@ import tensorflow_datasets as tfds
 
 from electra_jax import tokenization
 from electra_jax.data import build
-from electra_jax.data import build_shards
 from electra_jax.data import build_units
 from electra_jax.data import build_worker
 from electra_jax.data import dataset
-from electra_jax.data import records
 from electra_jax.data import vocab as vocab_lib
 from electra_jax.errors import UserInputError
 
-MAX_LEN = 32
-WORDS = ("the a of and to in was it he she that for on with as his her at by "
-         "had not be but from they which this have all were you one said so "
-         "no there would been when who into an more if out up some could "
-         "sea ship whale captain sir lady letter house").split()
-NUM_DOCS = 120
-
-
-def write_vocab(path):
-  """A WordPiece vocab: the specials, WORDS, and one tag per document."""
-  tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","]
-  tokens += WORDS + [f"d{i}" for i in range(NUM_DOCS + 10)]
-  path.write_text("\n".join(tokens) + "\n")
-  return str(path)
-
-
-def make_docs(rng, first, num):
-  """Documents whose every line starts with the document's tag d<index>."""
-  docs = []
-  for d in range(first, first + num):
-    lines = []
-    for _ in range(int(rng.integers(1, 7))):
-      n = int(rng.integers(2, 25))
-      lines.append(f"d{d} " + " ".join(rng.choice(WORDS, n)) + " .")
-    docs.append(lines)
-  return docs
-
-
-def write_docs(path, docs, newline="\n", prefix=b""):
-  text = (newline * 2).join(newline.join(lines) for lines in docs) + newline
-  path.write_bytes(prefix + text.encode())
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  """Text files exercising multi-unit files, CRLF, empty and bad UTF-8."""
-  root = tmp_path_factory.mktemp("corpus")
-  rng = np.random.default_rng(0)
-  # a.txt is big enough to be cut into several units of 2 KiB.
-  write_docs(root / "a.txt", make_docs(rng, 0, 60))
-  write_docs(root / "b.txt", make_docs(rng, 60, 30), newline="\r\n")
-  (root / "c_empty.txt").write_bytes(b"")
-  docs = make_docs(rng, 90, 29)
-  docs[3].append("d93 " + " ".join(rng.choice(WORDS, 200)))  # A long line.
-  write_docs(root / "d.txt", docs)
-  # One document with an invalid UTF-8 line (and a BOM at the file start).
-  (root / "e.txt").write_bytes(
-      b"\xef\xbb\xbfd119 she said \xff\xfe so .\nd119 the sea .\n\n  \n")
-  vocab = write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt")
-  return root, vocab
-
-
-def build_at(corpus, out, **kw):
-  root, vocab = corpus
-  kw.setdefault("unit_bytes", 2048)
-  kw.setdefault("validation_fraction", 0.1)
-  return build.build_dataset(str(root / "*.txt"), vocab, str(out),
-                             max_seq_length=MAX_LEN, **kw)
-
-
-@pytest.fixture(scope="module")
-def built(corpus, tmp_path_factory):
-  out = tmp_path_factory.mktemp("built") / "ds"
-  build_at(corpus, out, num_workers=0)
-  return dataset.open_dataset(str(out))
-
-
-def all_examples(source):
-  rows = source.__getitems__(list(range(len(source))))
-  return {k: np.stack([r[k] for r in rows]) for k in dataset.FEATURES}
+from build_helpers import (MAX_LEN, NUM_DOCS, all_examples,  # noqa: F401 (fixtures)
+                           assert_tensorflow_never_imported, build_at, built, corpus,
+                           make_docs, record_files, write_docs, write_vocab)
 
 
 def independent_counts(root, vocab):
@@ -381,122 +311,6 @@ def test_failure_leaves_nothing(corpus, tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == []
 
 
-def record_files(ds):
-  """{file name: bytes} of a built dataset's ArrayRecord files."""
-  return {n: open(os.path.join(ds.path, n), "rb").read()
-          for n in sorted(os.listdir(ds.path)) if ".array_record" in n}
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_several_shards_read_back_in_order(built, corpus, tmp_path,
-                                           monkeypatch, workers):
-  # tfds only shards splits of 128 MiB or more; force 3 shards (at most one
-  # per example).
-  monkeypatch.setattr(build_shards, "_num_shards",
-                      lambda num_bytes, n: min(3, n))
-  out = tmp_path / "sharded"
-  build_at(corpus, out, num_workers=workers)
-  other = dataset.open_dataset(str(out))
-  assert other.metadata == built.metadata
-  for split in ("train", "validation"):
-    names = sorted(n for n in record_files(other) if f"-{split}." in n)
-    assert [n[-len("00000-of-00003"):] for n in names] == [
-        f"0000{i}-of-00003" for i in range(3)]
-    info = tfds.builder_from_directory(other.path).info.splits[split]
-    lengths = [array_record_module.ArrayRecordReader(
-        os.path.join(other.path, n)).num_records() for n in names]
-    assert lengths == list(info.shard_lengths)
-    assert sum(lengths) == len(built.sources[split])
-    assert max(lengths) - min(lengths) <= 1  # tfds' even boundaries.
-    a = all_examples(built.sources[split])
-    b = all_examples(other.sources[split])
-    for k in dataset.FEATURES:
-      np.testing.assert_array_equal(a[k], b[k])
-  # Same bytes with and without worker processes.
-  if workers:
-    build_at(corpus, tmp_path / "sharded0", num_workers=0)
-    same = dataset.open_dataset(str(tmp_path / "sharded0"))
-    assert record_files(same) == record_files(other)
-
-
-def test_records_are_what_tfds_writes():
-  from tensorflow_datasets.core import example_serializer  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(5)
-  for length, low, high in ((8, 0, 200), (128, 0, 30522), (40, -3, 2**31 - 1)):
-    features = dataset.features(length)
-    serializer = example_serializer.ExampleSerializer(
-        features.get_serialized_info())
-    ex = {k: rng.integers(low, high, (300, length)).astype(np.int32)
-          for k in dataset.FEATURES}
-    ex["input_ids"][0, :] = 2**31 - 1  # The longest non-negative varints.
-    data, offsets = records.encode_examples(ex)
-    assert offsets[0] == 0 and offsets[-1] == len(data)
-    ours = [data[offsets[i]:offsets[i + 1]] for i in range(300)]
-    theirs = []
-    for i in range(300):
-      proto = serializer.get_tf_example(
-          features.encode_example({k: v[i] for k, v in ex.items()}))
-      assert ours[i] == proto.SerializeToString(deterministic=True), i
-      theirs.append(proto.SerializeToString())  # Some map order.
-    for recs in (ours, theirs):
-      back = records.decode_examples(recs, dataset.FEATURES, length)
-      for k in dataset.FEATURES:
-        np.testing.assert_array_equal(back[k], ex[k])
-  # Anything else is refused, so readers can fall back to tfds' parser.
-  with pytest.raises(ValueError):
-    records.decode_examples(ours, dataset.FEATURES, length + 1)
-  with pytest.raises(ValueError):
-    records.decode_examples([ours[0][:-1]], dataset.FEATURES, length)
-  with pytest.raises(ValueError):
-    records.decode_examples([b"\x0a\x02\x08\x01"], dataset.FEATURES, 8)
-  with pytest.raises(ValueError):
-    records.encode_examples({"x": np.zeros((2, 0), np.int32)})
-
-
-class NotExamples:
-  """Raw records that are not tf.train.Examples."""
-
-  def __getitems__(self, indices):
-    return [b"not a record"] * len(indices)
-
-
-class FakeTfdsSource:
-  """A tfds-like data source: decoded rows, and raw records (`data_source`)."""
-
-  def __init__(self, rows):
-    self.rows = rows
-    self.data_source = NotExamples()
-
-  def __len__(self):
-    return len(self.rows)
-
-  def __getitem__(self, i):
-    return self.rows[i]
-
-  def __getitems__(self, indices):
-    return [self.rows[i] for i in indices]
-
-
-def test_example_source_reads_batches(built):
-  source = built.sources["train"]
-  indices = [5, 0, 5, len(source) - 1, 17]
-  batch = source.read_batch(indices)
-  for k in dataset.FEATURES:
-    assert batch[k].dtype == np.int32
-    assert batch[k].shape == (len(indices), MAX_LEN)
-  for row, i in enumerate(indices):
-    one = source[i]  # tfds' own decoding.
-    for k in dataset.FEATURES:
-      np.testing.assert_array_equal(batch[k][row], one[k])
-  assert source.read_batch([])["input_ids"].shape == (0, MAX_LEN)
-  # Records of another layout: tfds decodes them.
-  rows = [{k: np.full(MAX_LEN, i, np.int32) for k in dataset.FEATURES}
-          for i in range(4)]
-  fake = dataset.ExampleSource(FakeTfdsSource(rows), MAX_LEN)
-  batch = fake.read_batch([3, 1])
-  np.testing.assert_array_equal(batch["segment_ids"][:, 0], [3, 1])
-
-
 def run_cli(*args):
   return subprocess.run([sys.executable, "-m", "electra_jax.data.build",
                          *args], capture_output=True, text=True, check=False)
@@ -543,62 +357,6 @@ def test_cli_builds_with_sentencepiece(corpus, tmp_path):
   assert res.returncode == 2 and "--overwrite" in res.stderr
 
 
-class TinyText(tfds.core.GeneratorBasedBuilder):
-  """A tiny tfds text dataset, written as array_record by the test."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  docs = []
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    return None
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({"body": tfds.features.Text()}),
-        disable_shuffling=True)
-
-  def _split_generators(self, dl_manager):
-    return {"train": self._generate_examples()}
-
-  def _generate_examples(self):
-    for i, text in enumerate(self.docs):
-      yield i, {"body": text}
-
-
-def test_tfds_input(tmp_path):
-  vocab = write_vocab(tmp_path / "vocab.txt")
-  docs = make_docs(np.random.default_rng(4), 0, 12)
-  TinyText.docs = ["\n".join(lines) for lines in docs] + ["", "d12 one\n\nd12"]
-  builder = TinyText(data_dir=str(tmp_path / "tfds"),
-                     file_format="array_record")
-  builder.download_and_prepare()
-  for name, kw in ((builder.data_dir, {}),
-                   ("tiny_text", {"tfds_data_dir": str(tmp_path / "tfds")})):
-    out = tmp_path / f"out{len(kw)}"
-    build.build_dataset(None, vocab, str(out), max_seq_length=MAX_LEN,
-                        num_workers=0, tfds_name=name, tfds_text_key="body",
-                        **kw)
-    ds = dataset.open_dataset(str(out))
-    counts = ds.metadata["counts"]
-    assert counts["records"] == 14 and counts["empty_records"] == 1
-    assert counts["documents"] == 13  # A record is one document.
-    assert counts["lines"] == sum(len(d) for d in docs) + 2
-    assert sum(len(s) for s in ds.sources.values()) == sum(
-        counts["examples"].values())
-  with pytest.raises(UserInputError, match="no field 'text'.*body"):
-    build.build_dataset(None, vocab, str(tmp_path / "bad"),
-                        tfds_name=builder.data_dir, num_workers=0)
-  with pytest.raises(UserInputError, match="not built by"):
-    dataset.open_dataset(builder.data_dir)  # A tfds dataset, but not ours.
-  with pytest.raises(UserInputError, match="no split 'test'"):
-    build.build_dataset(None, vocab, str(tmp_path / "bad"),
-                        tfds_name=builder.data_dir, tfds_split="test",
-                        tfds_text_key="body", num_workers=0)
-
-
 def test_tensorflow_is_never_imported(built):
   assert len(built.sources["train"]) > 0
-  assert "tensorflow" not in sys.modules
+  assert_tensorflow_never_imported()
