@@ -10,7 +10,7 @@ same time), so their memory figures are their own; ours and the peer alternate f
 machine does not decide the ratio:
 
 * ``ours``: the real pretraining step (`electra_jax.train.build_training`: masking,
-  generator on the masked slots, fp32 Gumbel sampling, discriminator, AdamW, clipping,
+  generator on the masked slots, fp32 sampling, discriminator, AdamW, clipping,
   metrics), jitted on one device with donated state, for each dtype in --dtypes.  The
   same process first measures a dense float32 (and bfloat16) matmul roofline with
   `jnp.dot` on square matrices, so utilisation = analytic model FLOP/s / roofline of the

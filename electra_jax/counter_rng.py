@@ -1,7 +1,7 @@
-"""Cheap per-element random numbers for the hot path: dropout masks and Gumbel noise.
+"""Cheap per-element random numbers for the hot path: dropout masks, masking, sampling.
 
 `jax.random` draws every element with threefry (20 rounds of 32-bit arithmetic per
-element), which on a CPU made dropout ~15% and Gumbel sampling over the vocabulary
+element), which on a CPU made dropout ~15% and sampling noise over the vocabulary
 ~10% of an ELECTRA-Small training step (benchmarks/train_step.py).  Here one 64-bit
 seed (s1, s2) is drawn per call with threefry, and element i gets
 
@@ -87,8 +87,8 @@ _COUNTER_LIMIT = 2 ** 32
 def bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """uint32 array of `shape`, uniform over all 2^32 values, from `key`.
 
-  Arrays of 2^32 elements or more (ELECTRA-Large's Gumbel noise at the paper's batch
-  of 2048) number their elements by two counters: `hi` over the leading axes and `lo`
+  Arrays of 2^32 elements or more (ELECTRA-Large's attention-dropout masks at the paper's
+  batch of 2048) number their elements by two counters: `hi` over the leading axes and `lo`
   over the trailing block of fewer than 2^32 elements; then
 
       bits(hi, lo) = mix(mix(lo ^ s1) + mix(hi ^ s2) + s2)
@@ -132,15 +132,6 @@ def randint(key: jax.Array, shape: tuple[int, ...], maxval: int) -> jax.Array:
   if not 0 < maxval < 2 ** 31:
     raise ValueError(f"counter random numbers: maxval={maxval} is out of range")
   return (bits(key, shape) % jnp.uint32(maxval)).astype(jnp.int32)
-
-
-def gumbel(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """float32 standard Gumbel noise, -log(-log(U)).
-
-  U's 24-bit grid bounds the noise to [-2.85, 17.3]; a standard Gumbel falls below
-  -2.85 with probability 3e-8, so Gumbel-max sampling is unaffected in practice.
-  """
-  return -jnp.log(-jnp.log(uniform(key, shape)))
 
 
 def argmax(x: jax.Array, axis: int = -1) -> jax.Array:

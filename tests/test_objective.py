@@ -79,7 +79,29 @@ def test_positions_are_uniform_over_candidates():
   assert np.all(np.abs(counts[cand] - expected) < 5 * np.sqrt(expected))
 
 
-def test_gumbel_sampling_follows_softmax_and_disallow_correct():
+def test_sampling_follows_softmax_over_blocks_of_the_vocabulary():
+  """The inverse-CDF search over blocks of obj._SAMPLE_BLOCK entries: the softmax of a
+  300-entry vocabulary (3 blocks, the last partial) by a chi-square test; entries of
+  probability 0 (here every 7th, and all but one in the last case) are never drawn."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0, 1.5, 300).astype(np.float32)
+  logits[::7] = -1e30
+  n = 60000
+  tiled = jnp.tile(jnp.asarray(logits), (n // 4, 4, 1))  # [B, N, V] as in training
+  sample = np.asarray(jax.jit(lambda k, x: obj.sample_tokens(k, x, S))(jax.random.key(3), tiled))
+  counts = np.bincount(sample.ravel(), minlength=300)
+  assert counts[::7].sum() == 0
+  p = np.exp(logits.astype(np.float64) - logits.max()); p /= p.sum()
+  live = p > 0
+  expected = p[live] / p[live].sum() * counts.sum()
+  assert stats.chisquare(counts[live], expected).pvalue > 1e-4
+  only = np.full((2, 3, 300), -1e30, np.float32)
+  only[..., 299] = 0.0  # the one possible token is the vocabulary's last
+  assert (np.asarray(obj.sample_tokens(jax.random.key(4), jnp.asarray(only), S)) == 299).all()
+
+
+def test_sampling_follows_softmax_and_disallow_correct():
   logits = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
   tiled = jnp.tile(logits, (20000, 1, 1))
   sample = obj.sample_tokens(jax.random.key(0), tiled, S)

@@ -107,7 +107,7 @@ def test_accumulated_micro_batches_equal_one_large_batch():
 
 @pytest.mark.parametrize("objective", ["electra", "mlm"])
 def test_accumulated_training_step_equals_the_whole_batch_step(objective):
-  """The real pretraining step, random masks, Gumbel sampling and dropout included:
+  """The real pretraining step, random masks, sampling and dropout included:
   grad_accum_steps=4 gives the parameters and metric sums of one step on the whole
   batch (every row has as many real tokens, so per-micro-batch means average to the
   whole batch's)."""
