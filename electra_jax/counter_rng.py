@@ -12,8 +12,9 @@ a few integer ops per element, vectorised by XLA, ~40x cheaper than threefry.  `
 the element's position in a global iota, so the values of an array do not depend on
 how it is sharded over devices.  Inside `example_rows`, `i` is the element's position
 in the whole batch a micro-batch was taken from, so gradient accumulation draws the
-same masks, noise and dropout as one step on the whole batch.  The streams are for dropout and sampling noise, not
-for cryptography; their rate and independence are tested in tests/test_counter_rng.py.
+same masks, samples and dropout as one step on the whole batch.  The streams are for
+dropout, masking and sampling, not for cryptography; their rate and independence are
+tested in tests/test_counter_rng.py.
 """
 
 import contextlib
