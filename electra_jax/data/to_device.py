@@ -29,10 +29,13 @@ class DevicePrefetchIterator:
 
   `source` has `__next__`, `get_state()` and `set_state()` (a grain DatasetIterator);
   `put` turns a host batch into device arrays.  The thread starts at the first `next`,
-  so `set_state` (a restore) must come before it.  `depth` batches wait at most.
+  so `set_state` (a restore) must come before it.  `depth` batches wait at most: 6 rides
+  out the stretches in which XLA's compute threads starve this one on a 2-core host
+  (the tiny demo at ~40k tokens/s waited 1.5-2.0% of its time with 2, 0.6-0.7% with 6;
+  benchmarks/input_wait.md).  A batch of device arrays is small next to the model.
   """
 
-  def __init__(self, source: Any, put: Callable[[Any], Any], depth: int = 2):
+  def __init__(self, source: Any, put: Callable[[Any], Any], depth: int = 6):
     if depth < 1:
       raise ValueError(f"depth must be >= 1, got {depth}")
     self._source, self._put = source, put
