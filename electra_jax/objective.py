@@ -32,9 +32,8 @@ gen_weight; disc_weight applies only to the replaced-token loss.
 
 Metrics are returned as additive sums (`Sums`) so that they can be added over
 steps, batches and devices exactly, then turned into numbers by
-`finalize_metrics`, which reports only the metrics whose sums the objective produced.
-AUC comes from per-class histograms of the discriminator's
-probabilities (`AUC_BINS` bins), which is exact up to ties within a bin.
+`finalize_metrics`, which reports only the metrics whose sums the objective produced
+(both in electra_jax/objective_metrics.py).
 """
 
 import dataclasses
@@ -43,12 +42,16 @@ from typing import Any, Callable, NamedTuple
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from electra_jax import counter_rng
+# The metric sums each loss returns, and their finalisation (re-exported: train and the
+# tests call them through this module).
+from electra_jax.objective_metrics import (AUC_BINS, Sums, add_sums,  # noqa: F401
+                                           auc_from_histograms, finalize_metrics,
+                                           generator_sums, metric_sums, model_mlm_sums,
+                                           with_loss)
 
-AUC_BINS = 1000
 # Weight of the main model's MLM loss (replace_mlm, all_tokens_mlm, mlm).
 MODEL_MLM_WEIGHT = 1.0
 
@@ -230,9 +233,6 @@ def _last_positive(x):
   return jnp.max(jnp.where(x > 0, index, 0), axis=-1)
 
 
-Sums = dict[str, jax.Array]
-
-
 class Corruption(NamedTuple):
   """Steps 1-3 of the module docstring: masking, generator MLM and sampling."""
   masked: MaskedBatch
@@ -298,7 +298,7 @@ def _replaced_token_loss(params, batch, rng, *, apply_fn, generator_logits_metho
   sums = metric_sums(gen_logits=c.gen_logits, masked=c.masked, sampled=c.sampled,
                      mlm_per_slot=c.mlm_per_slot, disc_logits=disc_logits,
                      disc_per_tok=disc_per_tok, labels=labels, tok_w=tok_w)
-  return loss, _with_loss(sums, loss)
+  return loss, with_loss(sums, loss)
 
 
 def electra_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
@@ -361,7 +361,7 @@ def replace_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
                         mlm_per_slot=c.mlm_per_slot)
   sums.update(model_mlm_sums(masked=c.masked, per_slot=per_slot,
                              predicted=counter_rng.argmax(logits, axis=-1)))
-  return loss, _with_loss(sums, loss)
+  return loss, with_loss(sums, loss)
 
 
 def copy_mixture_log_prob(mlm_logits, copy_logits, input_ids, targets):
@@ -439,7 +439,7 @@ def all_tokens_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
       "copy_prob_replaced_sum": jnp.sum(copy_prob * replaced),
       "copy_prob_original_sum": jnp.sum(copy_prob * original),
   })
-  return loss, _with_loss(sums, loss)
+  return loss, with_loss(sums, loss)
 
 
 def bert_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
@@ -459,7 +459,7 @@ def bert_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
   loss = MODEL_MLM_WEIGHT * jnp.sum(per_slot * w) / jnp.maximum(jnp.sum(w), 1.0)
   sums = model_mlm_sums(masked=masked, per_slot=per_slot,
                         predicted=counter_rng.argmax(logits, axis=-1))
-  return loss, _with_loss(sums, loss)
+  return loss, with_loss(sums, loss)
 
 
 def pretraining_loss(params, batch, rng, *, model, s: ObjectiveSettings,
@@ -486,117 +486,3 @@ def pretraining_loss(params, batch, rng, *, model, s: ObjectiveSettings,
     return bert_mlm_loss(params, batch, rng, model_mlm_logits_method=m.model_mlm_logits,
                          **common)
   raise ValueError(f"unknown objective {objective!r}")
-
-
-def _with_loss(sums: Sums, loss) -> Sums:
-  sums["loss"] = loss  # per-batch value; `finalize_metrics` averages it per batch
-  sums["batches"] = jnp.ones((), jnp.float32)
-  return sums
-
-
-def generator_sums(*, gen_logits, masked: MaskedBatch, sampled, mlm_per_slot) -> Sums:
-  """Additive statistics of the generator's MLM (masked_lm_*, sampled_masked_lm_*)."""
-  w = masked.masked_weights
-  pred = counter_rng.argmax(gen_logits, axis=-1)
-  return {
-      "mlm_slots": jnp.sum(w),
-      "mlm_loss_sum": jnp.sum(mlm_per_slot * w),
-      "mlm_correct": jnp.sum((pred == masked.masked_ids) * w),
-      "sampled_correct": jnp.sum((sampled == masked.masked_ids) * w),
-  }
-
-
-def discriminator_sums(*, disc_logits, disc_per_tok, labels, tok_w) -> Sums:
-  """Additive statistics of the replaced-token detector (disc_*), weighted by tok_w."""
-  prob = jax.nn.sigmoid(disc_logits)
-  guess = disc_logits > 0
-  lab = labels.astype(jnp.float32)
-  bins = jnp.clip((prob * AUC_BINS).astype(jnp.int32), 0, AUC_BINS - 1).reshape(-1)
-  pos_w = (lab * tok_w).reshape(-1)
-  neg_w = ((1.0 - lab) * tok_w).reshape(-1)
-  return {
-      "disc_tokens": jnp.sum(tok_w),
-      "disc_loss_sum": jnp.sum(disc_per_tok * tok_w),
-      "disc_correct": jnp.sum((guess == labels) * tok_w),
-      "disc_true_pos": jnp.sum((guess & labels) * tok_w),
-      "disc_pred_pos": jnp.sum(guess * tok_w),
-      "disc_label_pos": jnp.sum(lab * tok_w),
-      "auc_pos_hist": jnp.zeros(AUC_BINS, jnp.float32).at[bins].add(pos_w),
-      "auc_neg_hist": jnp.zeros(AUC_BINS, jnp.float32).at[bins].add(neg_w),
-  }
-
-
-def metric_sums(*, gen_logits, masked: MaskedBatch, sampled, mlm_per_slot, disc_logits,
-                disc_per_tok, labels, tok_w) -> Sums:
-  """Additive statistics behind every ELECTRA metric in DESIGN.md §1."""
-  sums = generator_sums(gen_logits=gen_logits, masked=masked, sampled=sampled,
-                        mlm_per_slot=mlm_per_slot)
-  sums.update(discriminator_sums(disc_logits=disc_logits, disc_per_tok=disc_per_tok,
-                                 labels=labels, tok_w=tok_w))
-  return sums
-
-
-def model_mlm_sums(*, masked: MaskedBatch, per_slot, predicted) -> Sums:
-  """Additive statistics of the main model's MLM on the masked slots (model_mlm_*)."""
-  w = masked.masked_weights
-  return {
-      "model_mlm_slots": jnp.sum(w),
-      "model_mlm_loss_sum": jnp.sum(per_slot * w),
-      "model_mlm_correct": jnp.sum((predicted == masked.masked_ids) * w),
-  }
-
-
-def add_sums(a: Sums, b: Sums) -> Sums:
-  return jax.tree.map(lambda x, y: x + y, a, b)
-
-
-def auc_from_histograms(pos_hist, neg_hist) -> float:
-  """Area under the ROC curve from per-bin counts of positives and negatives.
-
-  Equals P(score_pos > score_neg) + 0.5 * P(tie), treating scores in one bin as tied.
-  """
-  pos = np.asarray(pos_hist, np.float64)
-  neg = np.asarray(neg_hist, np.float64)
-  n_pos, n_neg = pos.sum(), neg.sum()
-  if n_pos == 0 or n_neg == 0:
-    return float("nan")
-  neg_below = np.cumsum(neg) - neg  # negatives in strictly lower bins
-  return float(np.sum(pos * (neg_below + 0.5 * neg)) / (n_pos * n_neg))
-
-
-# Reported metrics, in order: (name, numerator sum, denominator sum).  A metric is
-# reported when the objective produced both sums; disc_auc uses the AUC histograms.
-_METRICS = (
-    ("masked_lm_loss", "mlm_loss_sum", "mlm_slots"),
-    ("masked_lm_accuracy", "mlm_correct", "mlm_slots"),
-    ("sampled_masked_lm_accuracy", "sampled_correct", "mlm_slots"),
-    ("disc_loss", "disc_loss_sum", "disc_tokens"),
-    ("disc_accuracy", "disc_correct", "disc_tokens"),
-    ("disc_precision", "disc_true_pos", "disc_pred_pos"),
-    ("disc_recall", "disc_true_pos", "disc_label_pos"),
-    ("disc_auc", "auc_pos_hist", "auc_neg_hist"),
-    ("replaced_fraction", "disc_label_pos", "disc_tokens"),
-    ("model_mlm_loss", "model_mlm_loss_sum", "model_mlm_slots"),
-    ("model_mlm_accuracy", "model_mlm_correct", "model_mlm_slots"),
-    ("model_all_tokens_loss", "model_all_loss_sum", "model_tokens"),
-    ("model_all_tokens_accuracy", "model_all_correct", "model_tokens"),
-    ("copy_prob_replaced", "copy_prob_replaced_sum", "replaced_tokens"),
-    ("copy_prob_original", "copy_prob_original_sum", "original_tokens"),
-)
-
-
-def finalize_metrics(sums) -> dict[str, float]:
-  """Turns (host) metric sums into named metrics: 'loss' plus those of `_METRICS` whose
-  sums exist (DESIGN.md §1's names for the generator and discriminator; model_mlm_*,
-  model_all_tokens_* and copy_prob_* for the main-model MLM objectives)."""
-  s = {k: np.asarray(v, np.float64) for k, v in sums.items()}
-  div = lambda a, b: float(a / b) if b > 0 else float("nan")
-  out = {"loss": div(s["loss"], s["batches"])}
-  for name, num, den in _METRICS:
-    if num not in s or den not in s:
-      continue
-    if name == "disc_auc":
-      out[name] = auc_from_histograms(s[num], s[den])
-    else:
-      out[name] = div(s[num], s[den])
-  return out
