@@ -49,7 +49,8 @@ complete.  See `electra_jax.data.dataset` for the layout and for reading it.
 This module runs the workers and routes their output; cutting the input into
 units and reading their text is `electra_jax.data.build_units`, a worker's job on
 one unit `electra_jax.data.build_worker`, writing the shards
-`electra_jax.data.build_shards`.
+`electra_jax.data.build_shards`, and checking, filling and swapping in the output
+directory `electra_jax.data.build_output`.
 """
 
 import argparse
@@ -68,6 +69,7 @@ import uuid
 from etils import epath
 
 from electra_jax import tokenization
+from electra_jax.data import build_output as output_lib
 from electra_jax.data import build_shards as shards_lib
 from electra_jax.data import build_units as units_lib
 from electra_jax.data import build_worker as worker_lib
@@ -331,74 +333,6 @@ def _counts(units: Sequence[units_lib.Unit],
   return counts
 
 
-def _check_output(output: epath.Path, overwrite: bool) -> None:
-  """Raises unless `output` may be (re)placed."""
-  from electra_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  if not output.exists():
-    return
-  if not output.is_dir():
-    raise UserInputError(f"--output_dir {output} exists and is not a "
-                         f"directory; choose another path")
-  if not any(True for _ in output.iterdir()):
-    return  # An empty directory is fine.
-  if not overwrite:
-    raise UserInputError(f"--output_dir {output} already exists; pass "
-                         f"--overwrite to replace it or choose another path")
-  if not dataset_lib.is_built_dataset(output):
-    raise UserInputError(
-        f"refusing to --overwrite {output}: it is not a dataset built by "
-        f"electra_jax.data.build; remove it yourself or choose another path")
-
-
-def _rmtree(path: epath.Path) -> None:
-  if path.exists():
-    path.rmtree()
-
-
-def _metadata(tok: tokenization.Tokenizer, settings: worker_lib.WorkerSettings,
-              unit_bytes: int) -> dict[str, Any]:
-  """metadata.json, less the input description and the counts."""
-  from electra_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  vocab_file = epath.Path(tok.path)
-  return {
-      "format": dataset_lib.FORMAT,
-      "vocab_fingerprint": tok.fingerprint,
-      "vocab_kind": tok.kind,
-      "vocab_file": f"{dataset_lib.VOCAB_SUBDIR}/{vocab_file.name}",
-      "vocab_size": int(tok.vocab_size),
-      "vocab_source": str(vocab_file),
-      "special_ids": {"pad": tok.pad_id, "unk": tok.unk_id, "cls": tok.cls_id,
-                      "sep": tok.sep_id, "mask": tok.mask_id},
-      "max_seq_length": settings.max_seq_length,
-      "seed": settings.seed,
-      "validation_fraction": settings.validation_fraction,
-      "unit_bytes": int(unit_bytes),
-  }
-
-
-def _add_vocab(tmp: epath.Path, tok: tokenization.Tokenizer) -> None:
-  """Copies the vocab file into the dataset being built in `tmp`."""
-  from electra_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  vocab_file = epath.Path(tok.path)
-  version_dir = tmp / dataset_lib.DATASET_NAME / dataset_lib.VERSION
-  vocab_dir = version_dir / dataset_lib.VOCAB_SUBDIR
-  vocab_dir.mkdir()
-  vocab_file.copy(vocab_dir / vocab_file.name)
-
-
-def _replace_output(tmp: epath.Path, output: epath.Path,
-                    overwrite: bool) -> None:
-  """Renames the finished `tmp` to `output` (replacing an old dataset)."""
-  _check_output(output, overwrite)
-  old = None
-  if output.exists():
-    old = output.parent / f".{output.name}.old-{uuid.uuid4().hex[:8]}"
-    output.rename(old)
-  tmp.rename(output)
-  if old is not None:
-    _rmtree(old)
-
-
 def build_dataset(inputs: str | Sequence[str] | None,
                   vocab_path: str,
                   output_dir: str,
@@ -474,7 +408,7 @@ def build_dataset(inputs: str | Sequence[str] | None,
   if not output_dir:
     raise UserInputError("no --output_dir given")
   output = epath.Path(os.path.expanduser(str(output_dir)))
-  _check_output(output, overwrite)
+  output_lib.check_output(output, overwrite)
 
   tok = tokenization.load_tokenizer(vocab_path)
   if tok.vocab_size >= 2**31:
@@ -539,7 +473,7 @@ def build_dataset(inputs: str | Sequence[str] | None,
       counts = _counts(units, results, splits, spec is None, num_records)
       builder = dataset_lib.ElectraPretraining(
           max_seq_length=max_seq_length,
-          metadata={**_metadata(tok, settings, unit_bytes), **input_desc,
+          metadata={**output_lib.metadata(tok, settings, unit_bytes), **input_desc,
                     "counts": counts},
           write_splits=lambda template_fn: shards_lib.write_splits(
               splits, template_fn, pool.run, settings.spill_dir, early),
@@ -549,12 +483,12 @@ def build_dataset(inputs: str | Sequence[str] | None,
         builder.download_and_prepare(
             download_dir=str(tmp / "downloads"),
             download_config=tfds.download.DownloadConfig())
-    _rmtree(spill_dir)
-    _rmtree(tmp / "downloads")
-    _add_vocab(tmp, tok)
-    _replace_output(tmp, output, overwrite)
+    output_lib.rmtree(spill_dir)
+    output_lib.rmtree(tmp / "downloads")
+    output_lib.add_vocab(tmp, tok)
+    output_lib.replace_output(tmp, output, overwrite)
   except BaseException:
-    _rmtree(tmp)
+    output_lib.rmtree(tmp)
     raise
 
   elapsed = time.monotonic() - t0
