@@ -35,6 +35,16 @@ def _mix32(h: jax.Array) -> jax.Array:
   return h ^ (h >> 16)
 
 
+def _one_counter(counter, s1, s2):
+  """The bits of element `counter` (arrays under _COUNTER_LIMIT elements)."""
+  return _mix32(_mix32(counter ^ s1) + s2)
+
+
+def _two_counters(hi, lo, s1, s2):
+  """The bits of element (hi, lo) (larger arrays; see `bits`)."""
+  return _mix32(_mix32(lo ^ s1) + _mix32(hi ^ s2) + s2)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Rows:
   rows: int  # rows of the micro-batch (the leading dim of every array drawn)
@@ -74,9 +84,9 @@ def _mapped_bits(s1, s2, shape, rows: _Rows):
          + jnp.asarray(rows.offset).astype(jnp.uint32))[:, None]
   within = jax.lax.iota(jnp.uint32, per_row)[None, :]
   if per_row * rows.rows * rows.stride < _COUNTER_LIMIT:
-    out = _mix32(_mix32((row * jnp.uint32(per_row) + within) ^ s1) + s2)
+    out = _one_counter(row * jnp.uint32(per_row) + within, s1, s2)
   else:  # the whole batch's array takes bits()'s two-counter path, split after the rows
-    out = _mix32(_mix32(within ^ s1) + _mix32(row ^ s2) + s2)
+    out = _two_counters(row, within, s1, s2)
   return out.reshape(shape)
 
 
@@ -104,7 +114,7 @@ def bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return _mapped_bits(s1, s2, shape, rows)
   if size < _COUNTER_LIMIT:
     counter = jax.lax.iota(jnp.uint32, size).reshape(shape)
-    return _mix32(_mix32(counter ^ s1) + s2)
+    return _one_counter(counter, s1, s2)
   split = next((k for k in range(len(shape) + 1)
                 if int(np.prod(shape[k:])) < _COUNTER_LIMIT), len(shape))
   lo_size, hi_size = int(np.prod(shape[split:])), int(np.prod(shape[:split]))
@@ -113,7 +123,7 @@ def bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   ones = (1,) * (len(shape) - split)
   lo = jax.lax.iota(jnp.uint32, lo_size).reshape((1,) * split + shape[split:])
   hi = jax.lax.iota(jnp.uint32, hi_size).reshape(shape[:split] + ones)
-  return _mix32(_mix32(lo ^ s1) + _mix32(hi ^ s2) + s2)
+  return _two_counters(hi, lo, s1, s2)
 
 
 def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
