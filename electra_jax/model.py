@@ -74,6 +74,7 @@ from electra_jax.model_params import (count_params, discriminator_param_count,
                                       encoder_params_from_pretraining,
                                       fold_embeddings_delta, stack_layer_params,
                                       unstack_layer_params)
+from electra_jax.vocab_head import VocabProjection
 
 __all__ = [
     # model_config
@@ -133,22 +134,25 @@ class Tower(nn.Module):
     mask = (input_mask > 0)[:, None, None, :]
     return self.encoder(x, mask, deterministic=deterministic)
 
+  def _vocab_projection(self, h, predictions, bias, word_table) -> VocabProjection:
+    """h [B, N, H] -> predictions head -> (hidden, tied output table, bias)."""
+    cdt = self.cfg.compute_dtype
+    return VocabProjection(predictions(h).astype(cdt), word_table.astype(cdt), bias)
+
   def _vocab_logits(self, h, predictions, bias, word_table):
     """h [B, N, H] -> predictions head -> tied output table + bias: [B, N, V] float32."""
-    h = predictions(h).astype(self.cfg.compute_dtype)
-    logits = jnp.einsum('bne,ve->bnv', h, word_table.astype(self.cfg.compute_dtype),
-                        preferred_element_type=jnp.float32)
-    return logits.astype(jnp.float32) + bias
+    return self._vocab_projection(h, predictions, bias, word_table).logits()
 
   def discriminator_logits(self, embedded, input_mask, *, deterministic):
     h = self.hidden(embedded, input_mask, deterministic=deterministic)
     return self.discriminator_predictions(h)
 
-  def generator_logits(self, embedded, input_mask, masked_positions, word_table, *,
-                       deterministic):
+  def generator_projection(self, embedded, input_mask, masked_positions, word_table, *,
+                           deterministic) -> VocabProjection:
     h = self.hidden(embedded, input_mask, deterministic=deterministic)
     h = _gather_positions(h, masked_positions)
-    return self._vocab_logits(h, self.generator_predictions, self.output_bias, word_table)
+    return self._vocab_projection(h, self.generator_predictions, self.output_bias,
+                                  word_table)
 
   def mlm_logits(self, embedded, input_mask, masked_positions, word_table, *,
                  deterministic):
@@ -241,13 +245,20 @@ class ElectraPretrainingModel(nn.Module):
                                                          segment_ids)
     return embedded, folded['word_embeddings']['embedding']
 
+  def generator_projection(self, input_ids, segment_ids, input_mask, masked_positions, *,
+                           deterministic: bool) -> VocabProjection:
+    """The generator's output layer at `masked_positions` [B, N] only: hidden [B, N, E],
+    tied word table and output bias (electra_jax/vocab_head.py streams the logits)."""
+    emb = self._gen_embeddings()
+    return self.generator.generator_projection(
+        emb(input_ids, segment_ids), input_mask, masked_positions, emb.word_table(),
+        deterministic=deterministic)
+
   def generator_logits(self, input_ids, segment_ids, input_mask, masked_positions, *,
                        deterministic: bool) -> jnp.ndarray:
     """MLM logits [B, N, V] float32 at `masked_positions` [B, N] only."""
-    emb = self._gen_embeddings()
-    return self.generator.generator_logits(
-        emb(input_ids, segment_ids), input_mask, masked_positions, emb.word_table(),
-        deterministic=deterministic)
+    return self.generator_projection(input_ids, segment_ids, input_mask, masked_positions,
+                                     deterministic=deterministic).logits()
 
   def discriminator_logits(self, input_ids, segment_ids, input_mask, *,
                            deterministic: bool) -> jnp.ndarray:

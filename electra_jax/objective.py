@@ -5,9 +5,10 @@ One call of `electra_loss` does, inside the jitted step:
      positions drawn uniformly without replacement from the candidates (non-pad
      tokens other than [CLS], [SEP], [MASK]); 85% of them show [MASK], 15% keep
      the original token; positions live in fixed-size [B, N] arrays;
-  2. the generator's logits on the N masked slots only (never on all positions);
+  2. the generator's logits on the N masked slots only (never on all positions),
+     streamed over the vocabulary in chunks (electra_jax/vocab_head.py);
   3. a sample from the generator's softmax in float32 (inverse CDF), stopped from
-     gradients, written into every masked slot (`sample_tokens`);
+     gradients, written into every masked slot (`vocab_head.vocab_outputs`);
   4. the discriminator on the corrupted sequence; label 1 only where the sample
      differs from the original;
   5. loss = gen_weight * MLM loss (mean over masked slots)
@@ -44,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from electra_jax import counter_rng
+from electra_jax import counter_rng, vocab_head
 # The metric sums each loss returns, and their finalisation (re-exported: train and the
 # tests call them through this module).
 from electra_jax.objective_metrics import (AUC_BINS, Sums, add_sums,  # noqa: F401
@@ -179,64 +180,10 @@ def scatter_slots(input_ids, positions, values, weights):
   return input_ids.at[rows, positions].set(values.astype(input_ids.dtype), mode="drop")
 
 
-# Vocabulary entries per block of the two-level inverse-CDF search in `sample_tokens`.
-_SAMPLE_BLOCK = 128
-
-
-def sample_tokens(rng, logits, s: ObjectiveSettings, original_ids=None):
-  """A sample from softmax(logits / T) per slot, in float32, without gradient.
-
-  Inverse CDF with one uniform per slot: the first vocabulary entry whose cumulative
-  probability exceeds u, found over sums of blocks of _SAMPLE_BLOCK entries, then
-  within the chosen block.  The same distribution as Gumbel-max (argmax of logits +
-  Gumbel noise), which needs a hash and two logs per vocabulary entry and several
-  passes over [B, N, vocab]; this is one exp per entry, and made an ELECTRA-Small CPU
-  step 5-9% faster (benchmarks/train_step.md).  An entry of probability 0 (the
-  disallowed original) is never drawn, float rounding included: the search stops at
-  the last block, and the last entry, with positive probability.
-  """
-  logits = jax.lax.stop_gradient(logits).astype(jnp.float32) / s.temperature
-  if s.disallow_correct:
-    logits = logits - 1000.0 * jax.nn.one_hot(original_ids, logits.shape[-1],
-                                              dtype=jnp.float32)
-  vocab, size = logits.shape[-1], _SAMPLE_BLOCK
-  full = vocab // size
-  # Probabilities (unnormalised) are computed where they are used, from the logits:
-  # never as a [..., vocab] array of their own.
-  top = jnp.max(logits, axis=-1)
-  block_sums = []
-  if full:
-    blocks = logits[..., :full * size].reshape(logits.shape[:-1] + (full, size))
-    block_sums.append(jnp.sum(jnp.exp(blocks - top[..., None, None]), axis=-1))
-  if vocab > full * size:  # the partial last block
-    tail = logits[..., full * size:]
-    block_sums.append(jnp.sum(jnp.exp(tail - top[..., None]), axis=-1, keepdims=True))
-  block_sums = jnp.concatenate(block_sums, axis=-1)  # [..., blocks]
-  cum_blocks = jnp.cumsum(block_sums, axis=-1)
-  target = counter_rng.uniform(rng, logits.shape[:-1]) * cum_blocks[..., -1]
-  block = jnp.minimum(jnp.sum(cum_blocks <= target[..., None], axis=-1),
-                      _last_positive(block_sums))
-  before = jnp.take_along_axis(cum_blocks, jnp.maximum(block - 1, 0)[..., None], axis=-1)
-  before = jnp.where(block > 0, before[..., 0], 0.0)
-  ids = block[..., None] * size + jnp.arange(size)  # [..., size]: the block's entries
-  picked = jnp.take_along_axis(logits, jnp.minimum(ids, vocab - 1), axis=-1)
-  inner = jnp.where(ids < vocab, jnp.exp(picked - top[..., None]), 0.0)
-  cum_inner = before[..., None] + jnp.cumsum(inner, axis=-1)
-  within = jnp.minimum(jnp.sum(cum_inner <= target[..., None], axis=-1),
-                       _last_positive(inner))
-  return jax.lax.stop_gradient((block * size + within).astype(jnp.int32))
-
-
-def _last_positive(x):
-  """Index of the last positive entry along the last axis (0 if there is none)."""
-  index = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-  return jnp.max(jnp.where(x > 0, index, 0), axis=-1)
-
-
 class Corruption(NamedTuple):
   """Steps 1-3 of the module docstring: masking, generator MLM and sampling."""
   masked: MaskedBatch
-  gen_logits: jax.Array  # [B, N, V] float32 generator logits at the masked slots
+  gen_predicted: jax.Array  # [B, N] the generator's argmax at the masked slots
   mlm_per_slot: jax.Array  # [B, N] generator cross-entropy per slot
   mlm_loss: jax.Array  # mean of mlm_per_slot over the real slots
   sampled: jax.Array  # [B, N] sampled tokens (no gradient)
@@ -244,24 +191,29 @@ class Corruption(NamedTuple):
 
 
 def corrupt(params, batch, mask_rng, sample_rng, gen_drop, *, apply_fn,
-            generator_logits_method, s: ObjectiveSettings, deterministic: bool) -> Corruption:
-  """Masks the batch, runs the generator on the masked slots and samples replacements."""
+            generator_projection_method, s: ObjectiveSettings,
+            deterministic: bool) -> Corruption:
+  """Masks the batch, runs the generator on the masked slots and samples replacements.
+
+  The generator's logits over the vocabulary are streamed in chunks
+  (`vocab_head.vocab_outputs`): loss, argmax and sample without a [B, N, V] array.
+  """
   ids, input_mask, segment_ids = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
   masked = mask_tokens(mask_rng, ids, input_mask, s)
-  gen_logits = apply_fn({"params": params}, masked.input_ids, segment_ids, input_mask,
-                        masked.masked_positions, deterministic=deterministic,
-                        method=generator_logits_method, rngs={"dropout": gen_drop})
-  gen_logits = gen_logits.astype(jnp.float32)  # [B, N, V]
+  proj = apply_fn({"params": params}, masked.input_ids, segment_ids, input_mask,
+                  masked.masked_positions, deterministic=deterministic,
+                  method=generator_projection_method, rngs={"dropout": gen_drop})
+  out = vocab_head.vocab_outputs(
+      sample_rng, proj, temperature=s.temperature,
+      disallowed=masked.masked_ids if s.disallow_correct else None)
   w = masked.masked_weights
   num_slots = jnp.sum(w)
-  mlm_per_slot = optax.softmax_cross_entropy_with_integer_labels(gen_logits, masked.masked_ids)
+  mlm_per_slot = out.log_normalizer - proj.target_logits(masked.masked_ids)
   mlm_loss = jnp.sum(mlm_per_slot * w) / jnp.maximum(num_slots, 1.0)
-
-  sampled = sample_tokens(sample_rng, gen_logits, s, masked.masked_ids)
-  fake_ids = scatter_slots(ids, masked.masked_positions, sampled, w > 0)
+  fake_ids = scatter_slots(ids, masked.masked_positions, out.sample, w > 0)
   fake_ids = jax.lax.stop_gradient(fake_ids)
-  return Corruption(masked=masked, gen_logits=gen_logits, mlm_per_slot=mlm_per_slot,
-                    mlm_loss=mlm_loss, sampled=sampled, fake_ids=fake_ids)
+  return Corruption(masked=masked, gen_predicted=out.argmax, mlm_per_slot=mlm_per_slot,
+                    mlm_loss=mlm_loss, sampled=out.sample, fake_ids=fake_ids)
 
 
 def masked_slot_indicator(masked: MaskedBatch, length: int) -> jax.Array:
@@ -273,14 +225,14 @@ def masked_slot_indicator(masked: MaskedBatch, length: int) -> jax.Array:
                        masked.masked_weights > 0).astype(jnp.float32)
 
 
-def _replaced_token_loss(params, batch, rng, *, apply_fn, generator_logits_method,
+def _replaced_token_loss(params, batch, rng, *, apply_fn, generator_projection_method,
                          discriminator_logits_method, s: ObjectiveSettings,
                          deterministic: bool, masked_only: bool):
   """electra (masked_only=False) and electra_15 (discriminator on masked slots only)."""
   mask_rng, sample_rng, gen_drop, disc_drop = jax.random.split(rng, 4)
   ids, input_mask, segment_ids = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
   c = corrupt(params, batch, mask_rng, sample_rng, gen_drop, apply_fn=apply_fn,
-              generator_logits_method=generator_logits_method, s=s,
+              generator_projection_method=generator_projection_method, s=s,
               deterministic=deterministic)
   labels = (c.fake_ids != ids) & (input_mask > 0)
   disc_logits = apply_fn({"params": params}, c.fake_ids, segment_ids, input_mask,
@@ -295,14 +247,14 @@ def _replaced_token_loss(params, batch, rng, *, apply_fn, generator_logits_metho
   disc_loss = jnp.sum(disc_per_tok * tok_w) / jnp.maximum(num_tokens, 1.0)
   loss = s.gen_weight * c.mlm_loss + s.disc_weight * disc_loss
 
-  sums = metric_sums(gen_logits=c.gen_logits, masked=c.masked, sampled=c.sampled,
+  sums = metric_sums(gen_predicted=c.gen_predicted, masked=c.masked, sampled=c.sampled,
                      mlm_per_slot=c.mlm_per_slot, disc_logits=disc_logits,
                      disc_per_tok=disc_per_tok, labels=labels, tok_w=tok_w)
   return loss, with_loss(sums, loss)
 
 
 def electra_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
-                 generator_logits_method, discriminator_logits_method,
+                 generator_projection_method, discriminator_logits_method,
                  s: ObjectiveSettings, deterministic: bool):
   """Total loss and metric sums for one batch (objective 'electra').
 
@@ -311,31 +263,35 @@ def electra_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
     batch: dict with int32 [B, L] 'input_ids', 'input_mask', 'segment_ids'.
     rng: key for masking, sampling and dropout.
     apply_fn: `model.apply`.
-    generator_logits_method / discriminator_logits_method: the model's methods.
+    generator_projection_method: the model's method giving the generator's output-layer
+      inputs at the masked slots (a vocab_head.VocabProjection).
+    discriminator_logits_method: the model's method giving the replaced-token logits.
     s: objective settings.
     deterministic: True disables dropout (evaluation).
   Returns:
     (loss, sums): scalar loss and a dict of metric sums.
   """
   return _replaced_token_loss(
-      params, batch, rng, apply_fn=apply_fn, generator_logits_method=generator_logits_method,
+      params, batch, rng, apply_fn=apply_fn,
+      generator_projection_method=generator_projection_method,
       discriminator_logits_method=discriminator_logits_method, s=s,
       deterministic=deterministic, masked_only=False)
 
 
 def electra_15_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
-                    generator_logits_method, discriminator_logits_method,
+                    generator_projection_method, discriminator_logits_method,
                     s: ObjectiveSettings, deterministic: bool):
   """As `electra_loss`, with the discriminator loss and disc_* metrics only over the
   real masked slots (mean over those slots): the paper's 'ELECTRA 15%'."""
   return _replaced_token_loss(
-      params, batch, rng, apply_fn=apply_fn, generator_logits_method=generator_logits_method,
+      params, batch, rng, apply_fn=apply_fn,
+      generator_projection_method=generator_projection_method,
       discriminator_logits_method=discriminator_logits_method, s=s,
       deterministic=deterministic, masked_only=True)
 
 
 def replace_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
-                     generator_logits_method, model_mlm_logits_method,
+                     generator_projection_method, model_mlm_logits_method,
                      s: ObjectiveSettings, deterministic: bool):
   """Replace MLM: the main model reads electra's corrupted sequence (generator samples
   in every masked slot) and predicts the originals at the masked slots.
@@ -347,7 +303,7 @@ def replace_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
   mask_rng, sample_rng, gen_drop, model_drop = jax.random.split(rng, 4)
   input_mask, segment_ids = batch["input_mask"], batch["segment_ids"]
   c = corrupt(params, batch, mask_rng, sample_rng, gen_drop, apply_fn=apply_fn,
-              generator_logits_method=generator_logits_method, s=s,
+              generator_projection_method=generator_projection_method, s=s,
               deterministic=deterministic)
   logits = apply_fn({"params": params}, c.fake_ids, segment_ids, input_mask,
                     c.masked.masked_positions, deterministic=deterministic,
@@ -357,7 +313,7 @@ def replace_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
   w = c.masked.masked_weights
   model_loss = jnp.sum(per_slot * w) / jnp.maximum(jnp.sum(w), 1.0)
   loss = s.gen_weight * c.mlm_loss + MODEL_MLM_WEIGHT * model_loss
-  sums = generator_sums(gen_logits=c.gen_logits, masked=c.masked, sampled=c.sampled,
+  sums = generator_sums(gen_predicted=c.gen_predicted, masked=c.masked, sampled=c.sampled,
                         mlm_per_slot=c.mlm_per_slot)
   sums.update(model_mlm_sums(masked=c.masked, per_slot=per_slot,
                              predicted=counter_rng.argmax(logits, axis=-1)))
@@ -401,7 +357,7 @@ def copy_mixture_distribution(mlm_logits, copy_logits, input_ids):
 
 
 def all_tokens_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
-                        generator_logits_method, all_tokens_logits_method,
+                        generator_projection_method, all_tokens_logits_method,
                         s: ObjectiveSettings, deterministic: bool):
   """All-Tokens MLM: as `replace_mlm_loss`, but the main model predicts every non-pad
   token through the copy mixture (`copy_mixture_log_prob`); its loss is the mean over
@@ -409,7 +365,7 @@ def all_tokens_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
   mask_rng, sample_rng, gen_drop, model_drop = jax.random.split(rng, 4)
   ids, input_mask, segment_ids = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
   c = corrupt(params, batch, mask_rng, sample_rng, gen_drop, apply_fn=apply_fn,
-              generator_logits_method=generator_logits_method, s=s,
+              generator_projection_method=generator_projection_method, s=s,
               deterministic=deterministic)
   mlm_logits, copy_logits = apply_fn({"params": params}, c.fake_ids, segment_ids, input_mask,
                                      deterministic=deterministic,
@@ -423,7 +379,7 @@ def all_tokens_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
 
   predicted = copy_mixture_prediction(mlm_logits, copy_logits, c.fake_ids)  # [B, L]
   at_slots = lambda x: jnp.take_along_axis(x, c.masked.masked_positions, axis=1)
-  sums = generator_sums(gen_logits=c.gen_logits, masked=c.masked, sampled=c.sampled,
+  sums = generator_sums(gen_predicted=c.gen_predicted, masked=c.masked, sampled=c.sampled,
                         mlm_per_slot=c.mlm_per_slot)
   sums.update(model_mlm_sums(masked=c.masked, per_slot=at_slots(nll),
                              predicted=at_slots(predicted)))
@@ -474,13 +430,15 @@ def pretraining_loss(params, batch, rng, *, model, s: ObjectiveSettings,
   common = dict(apply_fn=model.apply, s=s, deterministic=deterministic)
   if objective in ("electra", "electra_15"):
     fn = electra_loss if objective == "electra" else electra_15_loss
-    return fn(params, batch, rng, generator_logits_method=m.generator_logits,
+    return fn(params, batch, rng, generator_projection_method=m.generator_projection,
               discriminator_logits_method=m.discriminator_logits, **common)
   if objective == "replace_mlm":
-    return replace_mlm_loss(params, batch, rng, generator_logits_method=m.generator_logits,
+    return replace_mlm_loss(params, batch, rng,
+                            generator_projection_method=m.generator_projection,
                             model_mlm_logits_method=m.model_mlm_logits, **common)
   if objective == "all_tokens_mlm":
-    return all_tokens_mlm_loss(params, batch, rng, generator_logits_method=m.generator_logits,
+    return all_tokens_mlm_loss(params, batch, rng,
+                               generator_projection_method=m.generator_projection,
                                all_tokens_logits_method=m.all_tokens_logits, **common)
   if objective == "mlm":
     return bert_mlm_loss(params, batch, rng, model_mlm_logits_method=m.model_mlm_logits,

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from electra_jax import counter_rng
 
 AUC_BINS = 1000
 Sums = dict[str, jax.Array]
@@ -23,11 +22,11 @@ def with_loss(sums: Sums, loss) -> Sums:
   return sums
 
 
-def generator_sums(*, gen_logits, masked, sampled, mlm_per_slot) -> Sums:
+def generator_sums(*, gen_predicted, masked, sampled, mlm_per_slot) -> Sums:
   """Additive statistics of the generator's MLM (masked_lm_*, sampled_masked_lm_*);
-  `masked` is the objective's MaskedBatch."""
+  `masked` is the objective's MaskedBatch, gen_predicted the argmax per slot."""
   w = masked.masked_weights
-  pred = counter_rng.argmax(gen_logits, axis=-1)
+  pred = gen_predicted
   return {
       "mlm_slots": jnp.sum(w),
       "mlm_loss_sum": jnp.sum(mlm_per_slot * w),
@@ -56,10 +55,10 @@ def discriminator_sums(*, disc_logits, disc_per_tok, labels, tok_w) -> Sums:
   }
 
 
-def metric_sums(*, gen_logits, masked, sampled, mlm_per_slot, disc_logits,
+def metric_sums(*, gen_predicted, masked, sampled, mlm_per_slot, disc_logits,
                 disc_per_tok, labels, tok_w) -> Sums:
   """Additive statistics behind every ELECTRA metric in DESIGN.md §1."""
-  sums = generator_sums(gen_logits=gen_logits, masked=masked, sampled=sampled,
+  sums = generator_sums(gen_predicted=gen_predicted, masked=masked, sampled=sampled,
                         mlm_per_slot=mlm_per_slot)
   sums.update(discriminator_sums(disc_logits=disc_logits, disc_per_tok=disc_per_tok,
                                  labels=labels, tok_w=tok_w))

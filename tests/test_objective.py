@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from electra_jax import objective as obj
+from electra_jax import vocab_head as vh
 
 PAD, CLS, SEP, MASK = 0, 2, 3, 4
 VOCAB = 50
@@ -79,47 +80,6 @@ def test_positions_are_uniform_over_candidates():
   assert np.all(np.abs(counts[cand] - expected) < 5 * np.sqrt(expected))
 
 
-def test_sampling_follows_softmax_over_blocks_of_the_vocabulary():
-  """The inverse-CDF search over blocks of obj._SAMPLE_BLOCK entries: the softmax of a
-  300-entry vocabulary (3 blocks, the last partial) by a chi-square test; entries of
-  probability 0 (here every 7th, and all but one in the last case) are never drawn."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  logits = rng.normal(0, 1.5, 300).astype(np.float32)
-  logits[::7] = -1e30
-  n = 60000
-  tiled = jnp.tile(jnp.asarray(logits), (n // 4, 4, 1))  # [B, N, V] as in training
-  sample = np.asarray(jax.jit(lambda k, x: obj.sample_tokens(k, x, S))(jax.random.key(3), tiled))
-  counts = np.bincount(sample.ravel(), minlength=300)
-  assert counts[::7].sum() == 0
-  p = np.exp(logits.astype(np.float64) - logits.max()); p /= p.sum()
-  live = p > 0
-  expected = p[live] / p[live].sum() * counts.sum()
-  assert stats.chisquare(counts[live], expected).pvalue > 1e-4
-  only = np.full((2, 3, 300), -1e30, np.float32)
-  only[..., 299] = 0.0  # the one possible token is the vocabulary's last
-  assert (np.asarray(obj.sample_tokens(jax.random.key(4), jnp.asarray(only), S)) == 299).all()
-
-
-def test_sampling_follows_softmax_and_disallow_correct():
-  logits = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
-  tiled = jnp.tile(logits, (20000, 1, 1))
-  sample = obj.sample_tokens(jax.random.key(0), tiled, S)
-  freq = np.bincount(np.asarray(sample).ravel(), minlength=4) / 20000
-  np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.015)
-  hot = obj.sample_tokens(jax.random.key(0), tiled, obj.ObjectiveSettings(
-      **{**S.__dict__, "temperature": 0.25}))
-  assert np.mean(np.asarray(hot) == 0) > 0.85  # a low temperature sharpens
-  original = jnp.zeros((20000, 1), jnp.int32)
-  banned = obj.sample_tokens(jax.random.key(0), tiled, obj.ObjectiveSettings(
-      **{**S.__dict__, "disallow_correct": True}), original)
-  assert not np.any(np.asarray(banned) == 0)
-  # bf16 logits are sampled in float32; the result carries no gradient.
-  g = jax.grad(lambda x: jnp.sum(obj.sample_tokens(jax.random.key(0), x, S)
-                                 .astype(jnp.float32)))(tiled[:3])
-  assert float(jnp.abs(g).sum()) == 0.0
-
-
 class StubModel:
   """A stand-in model whose logits are fixed functions of its inputs, recording calls."""
 
@@ -133,9 +93,10 @@ class StubModel:
     pass
 
   def apply(self, variables, ids, seg, mask, positions=None, *, deterministic, method, rngs):
-    if method == self.generator:
+    if method == self.generator:  # logits g * gen_table[tok], as the output layer's inputs
       tok = jnp.take_along_axis(ids, positions, 1)
-      return variables["params"]["g"] * self.gen_table[tok]
+      return vh.VocabProjection(variables["params"]["g"] * jax.nn.one_hot(tok, VOCAB),
+                                self.gen_table.T, jnp.zeros(VOCAB, jnp.float32))
     self.disc_inputs.append(ids)
     return variables["params"]["d"] * (self.disc_bias[ids] + 0.1 * seg)
 
@@ -150,7 +111,7 @@ def test_labels_and_losses_against_independent_computation():
   batch = {"input_ids": ids, "input_mask": mask, "segment_ids": seg}
   key = jax.random.key(5)
   loss, sums = obj.electra_loss(params, batch, key, apply_fn=model.apply,
-                                generator_logits_method=model.generator,
+                                generator_projection_method=model.generator,
                                 discriminator_logits_method=model.discriminator, s=S,
                                 deterministic=True)
   # Recompute independently in numpy from the same random draws.
@@ -158,7 +119,8 @@ def test_labels_and_losses_against_independent_computation():
   m = obj.mask_tokens(mask_rng, ids, mask, S)
   logits = np.asarray(1.3 * model.gen_table[jnp.take_along_axis(m.input_ids,
                                                                 m.masked_positions, 1)])
-  sampled = np.asarray(obj.sample_tokens(sample_rng, jnp.asarray(logits), S))
+  proj = vh.VocabProjection(jnp.asarray(logits), jnp.eye(VOCAB), jnp.zeros(VOCAB))
+  sampled = np.asarray(vh.vocab_outputs(sample_rng, proj).sample)
   w = np.asarray(m.masked_weights)
   pos, orig = np.asarray(m.masked_positions), np.asarray(m.masked_ids)
   logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

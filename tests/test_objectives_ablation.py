@@ -19,6 +19,7 @@ import pytest
 
 from electra_jax import model as M
 from electra_jax import objective as obj
+from electra_jax import vocab_head as vh
 from electra_jax.errors import UserInputError
 
 PAD, CLS, SEP, MASK = 0, 2, 3, 4
@@ -77,8 +78,10 @@ class Stub:
   def apply(self, variables, ids, seg, mask, positions=None, *, deterministic, method, rngs):
     del seg, mask, deterministic, rngs
     p = variables["params"]
-    if method == self.generator:
-      return p["g"] * self.gen_table[jnp.take_along_axis(ids, positions, 1)]
+    if method == self.generator:  # logits g * gen_table[tok], as the output layer's inputs
+      tok = jnp.take_along_axis(ids, positions, 1)
+      return vh.VocabProjection(p["g"] * jax.nn.one_hot(tok, VOCAB), self.gen_table.T,
+                                jnp.zeros(VOCAB, jnp.float32))
     self.inputs[method.__name__] = ids
     if method == self.discriminator:
       return p["d"] * self.disc_bias[ids] + p["shift"]
@@ -93,13 +96,13 @@ def run(name, stub, params, batch, key):
   common = dict(apply_fn=stub.apply, s=S, deterministic=True)
   if name in ("electra", "electra_15"):
     fn = obj.electra_loss if name == "electra" else obj.electra_15_loss
-    return fn(params, batch, key, generator_logits_method=stub.generator,
+    return fn(params, batch, key, generator_projection_method=stub.generator,
               discriminator_logits_method=stub.discriminator, **common)
   if name == "replace_mlm":
-    return obj.replace_mlm_loss(params, batch, key, generator_logits_method=stub.generator,
+    return obj.replace_mlm_loss(params, batch, key, generator_projection_method=stub.generator,
                                 model_mlm_logits_method=stub.model_mlm, **common)
   if name == "all_tokens_mlm":
-    return obj.all_tokens_mlm_loss(params, batch, key, generator_logits_method=stub.generator,
+    return obj.all_tokens_mlm_loss(params, batch, key, generator_projection_method=stub.generator,
                                    all_tokens_logits_method=stub.all_tokens, **common)
   return obj.bert_mlm_loss(params, batch, key, model_mlm_logits_method=stub.model_mlm,
                            **common)
@@ -111,7 +114,8 @@ def draws(batch, key):
   m = obj.mask_tokens(mask_rng, batch["input_ids"], batch["input_mask"], S)
   stub = Stub()
   logits = 1.3 * stub.gen_table[jnp.take_along_axis(m.input_ids, m.masked_positions, 1)]
-  sampled = np.asarray(obj.sample_tokens(sample_rng, logits, S))
+  sampled = np.asarray(vh.vocab_outputs(
+      sample_rng, vh.VocabProjection(logits, jnp.eye(VOCAB), jnp.zeros(VOCAB))).sample)
   pos, w = np.asarray(m.masked_positions), np.asarray(m.masked_weights)
   ids = np.asarray(batch["input_ids"])
   fake = ids.copy()
