@@ -202,7 +202,10 @@ def _streamed_bwd(temperature, residuals, cotangents):
   hidden, table, bias, lse = residuals
   g = cotangents[0]
   compute = hidden.dtype
-  hidden_t = hidden.T  # [E, S], small
+  # The barriers keep XLA from folding the transposes back into the matmuls (which
+  # would contract the slots dim of both operands: Eigen's slow path on CPU, and no
+  # bf16 x bf16 -> f32 kernel there at all).
+  hidden_t = jax.lax.optimization_barrier(hidden.T)  # [E, S], small
 
   def step(d_hidden, xs):
     table_c, bias_c = xs
@@ -211,7 +214,8 @@ def _streamed_bwd(temperature, residuals, cotangents):
     pc = p.astype(compute)
     d_hidden = d_hidden + jnp.dot(pc, table_c, preferred_element_type=jnp.float32)
     d_table_t = jnp.dot(hidden_t, pc, preferred_element_type=jnp.float32)  # [E, C]
-    return d_hidden, (d_table_t.T.astype(table.dtype), jnp.sum(p, axis=0))
+    d_table = jax.lax.optimization_barrier(d_table_t).T
+    return d_hidden, (d_table.astype(table.dtype), jnp.sum(p, axis=0))
 
   d_hidden, (d_table, d_bias) = jax.lax.scan(
       step, jnp.zeros(hidden.shape, jnp.float32), (table, bias))

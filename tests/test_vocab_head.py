@@ -88,7 +88,10 @@ def test_bfloat16_compute_dtype_keeps_float32_outputs_and_gradients():
     out = vh.vocab_outputs(jax.random.key(0), p, chunk=128)
     return jnp.sum(out.log_normalizer - p.target_logits(targets)), out
 
-  (value, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(*proj)
+  # jitted: XLA then sees the whole backward pass (unjitted, each op runs alone); on CPU
+  # a slots-contracting bf16 matmul, if XLA formed one, has no kernel and fails here.
+  (value, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2),
+                                                   has_aux=True))(*proj)
   assert out.log_normalizer.dtype == jnp.float32
   assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16, jnp.float32]
   dense = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(proj.logits(), targets))
