@@ -5,6 +5,7 @@ padding, attention, dropout.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from electra_jax import model as M
 
@@ -47,6 +48,29 @@ def test_gelu_is_the_exact_erf_gelu_with_its_derivative():
   # jax.nn.gelu's erfc form agrees to the same tolerance (the formula it replaced).
   np.testing.assert_allclose(got, np.asarray(jax.nn.gelu(xj, approximate=False)), atol=2e-6)
   assert model_layers._gelu(jnp.ones((2,), jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("shape", [(64, 24), (24, 64)])  # in > out, in < out
+def test_dense_matmul_gradients_in_both_orientations(shape):
+  """_token_matmul's own backward (kernel gradient formed out-rows-first when in > out)
+  equals float64 NumPy, jitted, in float32 and bfloat16."""
+  from electra_jax import model_layers
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(40, shape[0]))
+  k = rng.normal(size=shape)
+  g = rng.normal(size=(40, shape[1]))
+
+  def grads(dtype):
+    f = lambda x, k: jnp.sum(model_layers._token_matmul(x, k).astype(jnp.float32)
+                             * jnp.asarray(g, jnp.float32))
+    return jax.jit(jax.grad(f, argnums=(0, 1)))(jnp.asarray(x, dtype), jnp.asarray(k, dtype))
+
+  dx, dk = grads(jnp.float32)
+  np.testing.assert_allclose(np.asarray(dx), g @ k.T, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(dk), x.T @ g, rtol=1e-5, atol=1e-5)
+  bx, bk = grads(jnp.bfloat16)
+  assert bx.dtype == bk.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(bk, np.float64), x.T @ g, rtol=0.05, atol=0.3)
 
 
 def test_scan_equals_unrolled(tied):

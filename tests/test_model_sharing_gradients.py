@@ -66,7 +66,7 @@ def test_remat_gives_same_outputs_and_grads(tied):
   _, params = tied
   sp = _stacked(params)
   ids, seg, mask, _ = _batch()
-  results = {}
+  results, matmuls = {}, {}
   for remat in ('none', 'full', 'dots'):
     model = _model(scan_layers=True, remat=remat)
     def loss(p, model=model):
@@ -75,6 +75,12 @@ def test_remat_gives_same_outputs_and_grads(tied):
                       method=M.ElectraPretrainingModel.discriminator_logits)
       return jnp.mean(jnp.tanh(d) * mask)
     results[remat] = _jit(jax.value_and_grad(loss))(sp)
+    lowered = jax.jit(jax.value_and_grad(loss)).lower(sp).as_text()
+    matmuls[remat] = lowered.count('stablehlo.dot_general')
+  # 'dots' keeps every projection's output (the dense layers' named ones included):
+  # only the attention scores are recomputed, never a dense layer's matmul.
+  assert matmuls['none'] < matmuls['dots'] < matmuls['full']
+  assert matmuls['dots'] - matmuls['none'] == 1  # the scores (the layer body is scanned)
   value, grads = results['none']
   query = np.asarray(grads['discriminator']['encoder']['layer']['attention']['self'][
       'query']['kernel'])
