@@ -81,6 +81,9 @@ class ObjectiveSettings:
   # a random ordinary token; the rest keep the original.
   mlm_mask_token_prob: float = 0.8
   mlm_random_token_prob: float = 0.1
+  # Generator output layer: vocabulary entries per streamed chunk, or None for the whole
+  # vocabulary at once (vocab_head.chunk_for_platform: chunks on CPU only).
+  vocab_chunk: int | None = None
 
   @classmethod
   def from_config(cls, pretrain_cfg, tokenizer, max_seq_length: int) -> "ObjectiveSettings":
@@ -195,8 +198,9 @@ def corrupt(params, batch, mask_rng, sample_rng, gen_drop, *, apply_fn,
             deterministic: bool) -> Corruption:
   """Masks the batch, runs the generator on the masked slots and samples replacements.
 
-  The generator's logits over the vocabulary are streamed in chunks
-  (`vocab_head.vocab_outputs`): loss, argmax and sample without a [B, N, V] array.
+  The generator's loss, argmax and sample come from `vocab_head.vocab_outputs`, which on
+  CPU streams the logits over vocabulary chunks (s.vocab_chunk) instead of a [B, N, V]
+  array.
   """
   ids, input_mask, segment_ids = batch["input_ids"], batch["input_mask"], batch["segment_ids"]
   masked = mask_tokens(mask_rng, ids, input_mask, s)
@@ -205,7 +209,7 @@ def corrupt(params, batch, mask_rng, sample_rng, gen_drop, *, apply_fn,
                   method=generator_projection_method, rngs={"dropout": gen_drop})
   out = vocab_head.vocab_outputs(
       sample_rng, proj, temperature=s.temperature,
-      disallowed=masked.masked_ids if s.disallow_correct else None)
+      disallowed=masked.masked_ids if s.disallow_correct else None, chunk=s.vocab_chunk)
   w = masked.masked_weights
   num_slots = jnp.sum(w)
   mlm_per_slot = out.log_normalizer - proj.target_logits(masked.masked_ids)

@@ -24,6 +24,7 @@ from electra_jax import host_memory
 from electra_jax import objective
 from electra_jax import optim
 from electra_jax import parallel
+from electra_jax import vocab_head
 from electra_jax.errors import UserInputError
 from electra_jax.model import (EMBEDDING_SHARING, OBJECTIVES, ElectraPretrainingModel,
                                encoder_config_from, generator_config, objective_heads)
@@ -169,7 +170,9 @@ def build_training(config: ml_collections.ConfigDict, tokenizer, mesh: Mesh) -> 
   model = ElectraPretrainingModel(disc=disc_cfg, gen=gen_cfg,
                                   embedding_sharing=config.model.embedding_sharing,
                                   objective=config.objective)
-  settings = objective.ObjectiveSettings.from_config(config.pretrain, tokenizer, seq_len)
+  settings = dataclasses.replace(
+      objective.ObjectiveSettings.from_config(config.pretrain, tokenizer, seq_len),
+      vocab_chunk=vocab_head.chunk_for_platform(mesh.devices.flat[0].platform))
   tx, schedule = optim.make_optimizer(config.optim, t.steps)
 
   def init_state(key):

@@ -4,12 +4,13 @@ The generator predicts the original token at each of the N masked slots of a row
 logits = hidden @ table^T + bias over the whole vocabulary (30522 entries).  ELECTRA
 needs four things from those logits: the log-normaliser (for the MLM loss), the logit
 of the original token, the argmax (for the accuracy metric) and a sample from
-softmax(logits / temperature) (the replacement token).  `vocab_outputs` computes them
-chunk by chunk over the vocabulary (`VOCAB_CHUNK` entries at a time, in a scan), so the
-[slots, vocab] logits never exist as one array: for ELECTRA-Small at batch 32 x 128 that
-array is 74 MB, and the passes over it (bias add, exp, the sampler's block sums, argmax,
-and in the backward pass the softmax, its transpose and the bias gradient) took ~13% of
-a CPU step while the three matmuls behind them are 5% of its FLOPs.  A chunk's logits
+softmax(logits / temperature) (the replacement token).  On CPU, `vocab_outputs` computes
+them chunk by chunk over the vocabulary (`VOCAB_CHUNK` entries at a time, in a scan), so
+the [slots, vocab] logits never exist as one array (`chunk_for_platform`): for
+ELECTRA-Small at batch 32 x 128 that array is 74 MB, and the passes over it (bias add,
+exp, the sampler's block sums, argmax, and in the backward pass the softmax, its
+transpose and the bias gradient) took ~13% of a CPU step while the three matmuls behind
+them are 5% of its FLOPs.  A chunk's logits
 (608 slots x 2048 entries, 5 MB) stay in cache; the backward pass recomputes them
 (one extra [slots, hidden] x [hidden, vocab] matmul) instead of keeping them.
 
@@ -29,8 +30,8 @@ import jax.numpy as jnp
 
 from electra_jax import counter_rng
 
-# Vocabulary entries per chunk of the scan (a multiple of SAMPLE_BLOCK).  Measured on
-# ELECTRA-Small's 608 slots x 128 features: 512-4096 all within ~7%; 2048 keeps a
+# Vocabulary entries per chunk of the scan on CPU (a multiple of SAMPLE_BLOCK).  Measured
+# on ELECTRA-Small's 608 slots x 128 features: 512-4096 all within ~7%; 2048 keeps a
 # chunk's logits (5 MB) in a CPU's last-level cache.
 VOCAB_CHUNK = 2048
 # Entries per block of the two-level inverse-CDF search inside a chunk.
@@ -40,6 +41,17 @@ SAMPLE_BLOCK = 128
 DISALLOW_PENALTY = 1000.0
 # Bias of the padding entries that fill the last chunk: never the maximum, never drawn.
 _PAD_LOGIT = -1e30
+
+
+def chunk_for_platform(platform: str) -> int | None:
+  """The chunk size for devices of `platform`: VOCAB_CHUNK on CPU, else None (one chunk).
+
+  Chunks win on a CPU, where the passes over [slots, vocab] are memory-bound and cache
+  sized chunks avoid them.  On accelerators HBM bandwidth makes those passes cheap, and
+  the TPU compiler gives the chunk loop more memory: ELECTRA-Base at batch 256 on v5e:2x4
+  needed 7.16 GiB per chip with 2048-entry chunks, 5.78 with one (5.82 before this module).
+  """
+  return VOCAB_CHUNK if platform == 'cpu' else None
 
 
 class VocabProjection(NamedTuple):
@@ -72,20 +84,22 @@ class VocabOutputs(NamedTuple):
 
 def vocab_outputs(rng: jax.Array, proj: VocabProjection, *, temperature: float = 1.0,
                   disallowed: jax.Array | None = None,
-                  chunk: int = VOCAB_CHUNK) -> VocabOutputs:
+                  chunk: int | None = VOCAB_CHUNK) -> VocabOutputs:
   """Log-normaliser, argmax and a sample of the logits `proj` defines, per slot.
 
   disallowed: int ids [...] to exclude from the sample (their sampling logit is lowered
-  by DISALLOW_PENALTY), or None.  The sample is drawn in float32 whatever the compute
-  dtype, with two counter_rng uniforms per slot and chunk.
+  by DISALLOW_PENALTY), or None.  chunk: vocabulary entries per chunk (a multiple of
+  SAMPLE_BLOCK), or None for the whole vocabulary in one.  The sample is drawn in
+  float32 whatever the compute dtype, with two counter_rng uniforms per slot and chunk.
   """
-  if chunk <= 0 or chunk % SAMPLE_BLOCK:
+  if chunk is not None and (chunk <= 0 or chunk % SAMPLE_BLOCK):
     raise ValueError(f'vocab chunk {chunk} must be a positive multiple of {SAMPLE_BLOCK}')
   if not temperature > 0:
     raise ValueError(f'sampling temperature must be > 0, got {temperature}')
   lead, width = proj.hidden.shape[:-1], proj.hidden.shape[-1]
   vocab = proj.table.shape[0]
-  chunk = min(chunk, -(-vocab // SAMPLE_BLOCK) * SAMPLE_BLOCK)
+  whole = -(-vocab // SAMPLE_BLOCK) * SAMPLE_BLOCK
+  chunk = whole if chunk is None else min(chunk, whole)
   chunks = -(-vocab // chunk)
   pad = chunks * chunk - vocab
   table = jnp.pad(proj.table, ((0, pad), (0, 0))).reshape(chunks, chunk, width)
