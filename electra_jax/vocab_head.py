@@ -98,23 +98,32 @@ def vocab_outputs(rng: jax.Array, proj: VocabProjection, *, temperature: float =
     raise ValueError(f'sampling temperature must be > 0, got {temperature}')
   lead, width = proj.hidden.shape[:-1], proj.hidden.shape[-1]
   vocab = proj.table.shape[0]
-  whole = -(-vocab // SAMPLE_BLOCK) * SAMPLE_BLOCK
-  chunk = whole if chunk is None else min(chunk, whole)
-  chunks = -(-vocab // chunk)
+  chunk, chunks = chunking(vocab, chunk)
   pad = chunks * chunk - vocab
   table = jnp.pad(proj.table, ((0, pad), (0, 0))).reshape(chunks, chunk, width)
   bias = jnp.pad(proj.bias.astype(jnp.float32), (0, pad),
                  constant_values=_PAD_LOGIT).reshape(chunks, chunk)
   uniforms = counter_rng.uniform(rng, lead + (chunks, 2))
   uniforms = jnp.moveaxis(uniforms.reshape(-1, chunks, 2), 1, 0)  # [chunks, S, 2]
-  if disallowed is None:
-    banned = jnp.full((uniforms.shape[1],), -1, jnp.int32)
+  if disallowed is None:  # unused: the scan skips the comparison
+    banned = jnp.zeros((uniforms.shape[1],), jnp.int32)
   else:
     banned = disallowed.reshape(-1).astype(jnp.int32)
-  lse, best, sample = _streamed(float(temperature), proj.hidden.reshape(-1, width),
-                                table, bias, uniforms, banned)
+  lse, best, sample = _streamed(float(temperature), disallowed is not None,
+                                proj.hidden.reshape(-1, width), table, bias, uniforms,
+                                banned)
   return VocabOutputs(log_normalizer=lse.reshape(lead), argmax=best.reshape(lead),
                       sample=jax.lax.stop_gradient(sample.reshape(lead)))
+
+
+def chunking(vocab: int, chunk: int | None) -> tuple[int, int]:
+  """(entries per chunk, number of chunks) for `vocab` entries; the last chunk is padded.
+
+  chunk None means one chunk: the vocabulary rounded up to a multiple of SAMPLE_BLOCK.
+  """
+  whole = -(-vocab // SAMPLE_BLOCK) * SAMPLE_BLOCK
+  chunk = whole if chunk is None else min(chunk, whole)
+  return chunk, -(-vocab // chunk)
 
 
 def _chunk_logits(hidden, table_chunk, bias_chunk):
@@ -157,7 +166,7 @@ def _last_positive(x):
   return jnp.max(jnp.where(x > 0, index, 0), axis=-1)
 
 
-def _forward(temperature, hidden, table, bias, uniforms, banned):
+def _forward(temperature, disallow, hidden, table, bias, uniforms, banned):
   """The scan over chunks: (logsumexp, argmax, sample) per slot."""
   rows, chunk = hidden.shape[0], table.shape[1]
   column = jax.lax.broadcasted_iota(jnp.int32, (rows, chunk), 1)
@@ -178,8 +187,9 @@ def _forward(temperature, hidden, table, bias, uniforms, banned):
     best_idx = jnp.where(better, chunk_best, best_idx)
     # sample: a draw within the chunk, then switch to it with prob. chunk / seen mass
     sampling = logits if temperature == 1.0 else logits / temperature
-    sampling = jnp.where(column + start == banned[:, None],
-                         sampling - DISALLOW_PENALTY, sampling)
+    if disallow:
+      sampling = jnp.where(column + start == banned[:, None],
+                           sampling - DISALLOW_PENALTY, sampling)
     within, chunk_mass = _inverse_cdf(sampling, u[:, 0])
     seen_now = jnp.logaddexp(seen, chunk_mass)
     switch = u[:, 1] < jnp.exp(chunk_mass - seen_now)
@@ -195,24 +205,24 @@ def _forward(temperature, hidden, table, bias, uniforms, banned):
   return top + jnp.log(total), best_idx, sample
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _streamed(temperature, hidden, table, bias, uniforms, banned):
-  return _forward(temperature, hidden, table, bias, uniforms, banned)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _streamed(temperature, disallow, hidden, table, bias, uniforms, banned):
+  return _forward(temperature, disallow, hidden, table, bias, uniforms, banned)
 
 
-def _streamed_fwd(temperature, hidden, table, bias, uniforms, banned):
-  lse, best, sample = _forward(temperature, hidden, table, bias, uniforms, banned)
-  return (lse, best, sample), (hidden, table, bias, lse)
+def _streamed_fwd(temperature, disallow, hidden, table, bias, uniforms, banned):
+  outputs = _forward(temperature, disallow, hidden, table, bias, uniforms, banned)
+  return outputs, (hidden, table, bias, outputs[0])
 
 
-def _streamed_bwd(temperature, residuals, cotangents):
+def _streamed_bwd(temperature, disallow, residuals, cotangents):
   """Gradients of the log-normaliser: softmax(logits) * g, chunk by chunk.
 
   Each matmul is laid out so its operands are contracted along their last (or the
   right-hand side's first) dimension, which XLA:CPU runs at full speed; the kernel
   gradient is formed transposed ([E, C]) for that reason.
   """
-  del temperature
+  del temperature, disallow
   hidden, table, bias, lse = residuals
   g = cotangents[0]
   compute = hidden.dtype

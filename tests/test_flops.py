@@ -166,9 +166,8 @@ def _streamed_head_extra(name, gen, data, s, training):
   if name == "mlm":  # no generator
     return 0
   vocab = gen.vocab_size
-  chunk = min(vocab_head.VOCAB_CHUNK, -(-vocab // vocab_head.SAMPLE_BLOCK)
-              * vocab_head.SAMPLE_BLOCK)
-  padded = -(-vocab // chunk) * chunk
+  chunk, chunks = vocab_head.chunking(vocab, s.vocab_chunk)
+  padded = chunks * chunk
   per_entry = 2 * data["input_ids"].shape[0] * s.max_predictions * gen.embedding_size
   if not training:
     return per_entry * (padded - vocab)
