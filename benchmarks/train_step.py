@@ -17,6 +17,9 @@ machine does not decide the ratio:
   same process.  The analytic FLOP count (`electra_jax/flops.py`) is cross-checked against
   XLA's cost analysis of the same step lowered with unrolled layers (scanned layers are
   counted once by XLA).
+* ``ours_devices``: the float32 default again, in a process that runs the cores as one
+  CPU device each (`--config.mesh.cpu_devices=0`): the batch split by shard_map
+  (`train_step.shard_map_gradients`).  --skip_cpu_devices leaves it out.
   Like `python -m electra_jax.train`, the worker first re-executes itself with glibc's
   huge-page malloc (electra_jax/host_memory.py); ELECTRA_JAX_HUGE_PAGES=0 measures
   without.
@@ -147,12 +150,13 @@ def xla_flops_unrolled(size: str, batch: int, seq: int, dtype: str) -> float:
   return float(cost.get("flops", float("nan")))
 
 
-def run_ours(size: str, batch: int, seq: int, steps: int, dtype: str, remat: str) -> dict:
+def run_ours(size: str, batch: int, seq: int, steps: int, dtype: str, remat: str,
+             devices: int = 1) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from electra_jax import aot, flops, parallel, train  # pylint: disable=g-import-not-at-top
   baseline_rss = rss_bytes()
   config = _config(size, batch, seq, dtype, remat=remat)
-  mesh = parallel.make_mesh(config.mesh, jax.devices()[:1])
+  mesh = parallel.make_mesh(config.mesh, jax.devices()[:devices])
   training = train.build_training(config, aot.StandInTokenizer(VOCAB_SIZE), mesh)
   state = training.init_state(training.init_key)
   compiled, compile_s = training.compile_train_step(state, batch, seq)  # as the trainer does
@@ -172,7 +176,8 @@ def run_ours(size: str, batch: int, seq: int, steps: int, dtype: str, remat: str
     elapsed = time.perf_counter() - t0
   analytic = flops.train_flops_per_step(config, VOCAB_SIZE)["total"]
   return {
-      "name": f"electra_jax ({dtype}, remat {config.model.remat})", "dtype": dtype,
+      "name": f"electra_jax ({dtype}, remat {config.model.remat}"
+              + (f", {devices} CPU devices)" if devices > 1 else ")"), "dtype": dtype,
       "remat": config.model.remat, "compile_s": compile_s,
       "step_s": elapsed / steps, "tokens_per_s": batch * seq * steps / elapsed,
       "analytic_flops_per_step": analytic, "peak_rss": peak.peak,
@@ -203,6 +208,17 @@ def worker_ours(args) -> dict:
     result["xla_flops_unrolled"] = xla_flops_unrolled(args.size, args.batch, args.seq,
                                                       args.dtypes.split(",")[0])
   return result
+
+
+def worker_ours_devices(args) -> dict:
+  """Ours as `--config.mesh.cpu_devices=0` runs it: one CPU device per core."""
+  from electra_jax import host_memory, parallel  # pylint: disable=g-import-not-at-top
+  host_memory.reexec_with_huge_pages()
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_platforms", "cpu") if not os.environ.get("JAX_PLATFORMS") else None
+  devices = parallel.use_cpu_devices(0)  # before JAX starts, as the trainer does
+  return run_ours(args.size, args.batch, args.seq, args.steps, "float32",
+                  args.remats.split(",")[0], devices=devices)
 
 
 # ------------------------------------------------------------------------------- peer
@@ -344,7 +360,7 @@ def _mib(x: float) -> str:
   return f"{x / 2 ** 20:,.0f} MiB"
 
 
-def report(args, ours: dict, peer: dict | None) -> str:
+def report(args, ours: dict, peer: dict | None, ours_devices: dict | None = None) -> str:
   fp32_roof = ours["roofline"].get("float32", {}).get("gflops")
   lines = [
       "# Training step: electra_jax vs the PyTorch / Hugging Face peer",
@@ -364,7 +380,7 @@ def report(args, ours: dict, peer: dict | None) -> str:
       "the matmul roofline | peak RSS in the timed steps |",
       "| --- | ---: | ---: | ---: | ---: | ---: |",
   ]
-  rows = list(ours["runs"]) + ([peer] if peer else [])
+  rows = list(ours["runs"]) + ([ours_devices] if ours_devices else []) + ([peer] if peer else [])
   for r in rows:
     tflops = r["analytic_flops_per_step"] / r["step_s"] / 1e12
     roof = ours["roofline"].get(r["dtype"], {}).get("gflops", fp32_roof)
@@ -377,6 +393,10 @@ def report(args, ours: dict, peer: dict | None) -> str:
     lines.append(
         f"Ratios, ours float32 (remat {fp32['remat']}, the default) / peer: tokens/s **{fp32['tokens_per_s'] / peer['tokens_per_s']:.2f}x**, "
         f"peak RSS **{fp32['peak_rss'] / peer['peak_rss']:.2f}x**.")
+    if ours_devices:
+      lines.append(f"Ours float32 with `--config.mesh.cpu_devices=0` (one device per core) / "
+                   f"peer: tokens/s **{ours_devices['tokens_per_s'] / peer['tokens_per_s']:.2f}x**, "
+                   f"peak RSS {ours_devices['peak_rss'] / peer['peak_rss']:.2f}x.")
     for r in ours["runs"]:
       if r is not fp32:
         lines.append(f"Ours {r['dtype']}, remat {r['remat']} / peer: tokens/s "
@@ -421,21 +441,26 @@ def main():
   parser.add_argument("--rounds", type=int, default=2,
                       help="ours and the peer run alternately this many times; best kept")
   parser.add_argument("--skip_peer", action="store_true")
+  parser.add_argument("--skip_cpu_devices", action="store_true",
+                      help="skip ours with one CPU device per core (config.mesh.cpu_devices=0)")
   parser.add_argument("--skip_xla_flops", action="store_true")
   parser.add_argument("--output", default="")
   parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
-    result = {"ours": worker_ours, "peer": worker_peer}[args.worker](args)
+    result = {"ours": worker_ours, "ours_devices": worker_ours_devices,
+              "peer": worker_peer}[args.worker](args)
     print("RESULT " + json.dumps(result), flush=True)
     return
   args.forwarded = [a for a in sys.argv[1:] if not a.startswith("--output")]
-  ours = peer = None
+  ours = peer = ours_devices = None
   for _ in range(args.rounds):  # alternate, keep each contestant's best round
     ours = _best(ours, _spawn("ours", args.forwarded))
+    if not args.skip_cpu_devices and (os.cpu_count() or 1) > 1:
+      ours_devices = _best(ours_devices, _spawn("ours_devices", args.forwarded))
     if not args.skip_peer:
       peer = _best(peer, _spawn("peer", args.forwarded))
-  text = report(args, ours, peer)
+  text = report(args, ours, peer, ours_devices)
   print(text)
   if args.output:
     pathlib.Path(args.output).write_text(text, encoding="utf-8")

@@ -50,21 +50,30 @@ class _Rows:
   rows: int  # rows of the micro-batch (the leading dim of every array drawn)
   stride: int  # its row r is row r * stride + offset of the whole batch
   offset: jax.Array | int
+  total: int  # rows of the whole batch
 
 
 _ROWS: contextvars.ContextVar[_Rows | None] = contextvars.ContextVar("rows", default=None)
 
 
 @contextlib.contextmanager
-def example_rows(rows: int, stride: int, offset):
+def example_rows(rows: int, stride: int, offset, total: int | None = None):
   """While tracing inside, arrays are drawn as rows of a larger batch.
 
   A micro-batch of `rows` examples whose row r is row r * stride + offset of the whole
-  batch (`offset` may be traced: a scan's index).  Every array drawn inside must have
-  the examples as its outermost dim (a multiple of `rows` of equal-sized blocks): it
-  then holds exactly the values those rows get when the whole batch draws the array.
+  batch of `total` rows (default rows * stride; `offset` may be traced: a scan's
+  index or a device's position).  Every array drawn inside must have the examples as
+  its outermost dim (a multiple of `rows` of equal-sized blocks): it then holds exactly
+  the values those rows get when the whole batch draws the array.  Nested, the inner
+  rows are rows of the enclosing micro-batch (a device's shard split into micro-batches).
   """
-  token = _ROWS.set(_Rows(int(rows), int(stride), offset))
+  rows, stride = int(rows), int(stride)
+  total = rows * stride if total is None else int(total)
+  outer = _ROWS.get()
+  if outer is not None:  # row r -> outer row r * stride + offset -> whole-batch row
+    stride, offset, total = (outer.stride * stride, outer.stride * offset + outer.offset,
+                             outer.total)
+  token = _ROWS.set(_Rows(rows, stride, offset, total))
   try:
     yield
   finally:
@@ -83,7 +92,7 @@ def _mapped_bits(s1, s2, shape, rows: _Rows):
   row = (jax.lax.iota(jnp.uint32, rows.rows) * jnp.uint32(rows.stride)
          + jnp.asarray(rows.offset).astype(jnp.uint32))[:, None]
   within = jax.lax.iota(jnp.uint32, per_row)[None, :]
-  if per_row * rows.rows * rows.stride < _COUNTER_LIMIT:
+  if per_row * rows.total < _COUNTER_LIMIT:
     out = _one_counter(row * jnp.uint32(per_row) + within, s1, s2)
   else:  # the whole batch's array takes bits()'s two-counter path, split after the rows
     out = _two_counters(row, within, s1, s2)

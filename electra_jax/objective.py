@@ -37,6 +37,8 @@ steps, batches and devices exactly, then turned into numbers by
 (both in electra_jax/objective_metrics.py).
 """
 
+import contextlib
+import contextvars
 import dataclasses
 from typing import Any, Callable, NamedTuple
 
@@ -55,6 +57,31 @@ from electra_jax.objective_metrics import (AUC_BINS, Sums, add_sums,  # noqa: F4
 
 # Weight of the main model's MLM loss (replace_mlm, all_tokens_mlm, mlm).
 MODEL_MLM_WEIGHT = 1.0
+
+# Set by `batch_split_over`: the mesh axis a shard_map splits the batch over.
+_BATCH_AXIS: contextvars.ContextVar[str | None] = contextvars.ContextVar("batch_axis",
+                                                                         default=None)
+
+
+@contextlib.contextmanager
+def batch_split_over(axis_name: str):
+  """While tracing inside, this shard_map body holds one device's rows of the batch:
+  `weighted_mean` divides by the whole batch's weight, so the sum over devices of each
+  device's loss (and gradient) is the whole batch's."""
+  token = _BATCH_AXIS.set(axis_name)
+  try:
+    yield
+  finally:
+    _BATCH_AXIS.reset(token)
+
+
+def weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+  """sum(values * weights) / max(sum(weights), 1) over the whole batch's weights."""
+  total = jnp.sum(weights)
+  axis = _BATCH_AXIS.get()
+  if axis is not None:
+    total = jax.lax.psum(total, axis)
+  return jnp.sum(values * weights) / jnp.maximum(total, 1.0)
 
 
 def max_predictions_per_seq(mask_prob: float, max_seq_length: int) -> int:
@@ -211,9 +238,8 @@ def corrupt(params, batch, mask_rng, sample_rng, gen_drop, *, apply_fn,
       sample_rng, proj, temperature=s.temperature,
       disallowed=masked.masked_ids if s.disallow_correct else None, chunk=s.vocab_chunk)
   w = masked.masked_weights
-  num_slots = jnp.sum(w)
   mlm_per_slot = out.log_normalizer - proj.target_logits(masked.masked_ids)
-  mlm_loss = jnp.sum(mlm_per_slot * w) / jnp.maximum(num_slots, 1.0)
+  mlm_loss = weighted_mean(mlm_per_slot, w)
   fake_ids = scatter_slots(ids, masked.masked_positions, out.sample, w > 0)
   fake_ids = jax.lax.stop_gradient(fake_ids)
   return Corruption(masked=masked, gen_predicted=out.argmax, mlm_per_slot=mlm_per_slot,
@@ -246,9 +272,8 @@ def _replaced_token_loss(params, batch, rng, *, apply_fn, generator_projection_m
     tok_w = masked_slot_indicator(c.masked, ids.shape[1])
   else:
     tok_w = (input_mask > 0).astype(jnp.float32)
-  num_tokens = jnp.sum(tok_w)
   disc_per_tok = optax.sigmoid_binary_cross_entropy(disc_logits, labels.astype(jnp.float32))
-  disc_loss = jnp.sum(disc_per_tok * tok_w) / jnp.maximum(num_tokens, 1.0)
+  disc_loss = weighted_mean(disc_per_tok, tok_w)
   loss = s.gen_weight * c.mlm_loss + s.disc_weight * disc_loss
 
   sums = metric_sums(gen_predicted=c.gen_predicted, masked=c.masked, sampled=c.sampled,
@@ -315,7 +340,7 @@ def replace_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
                     rngs={"dropout": model_drop}).astype(jnp.float32)  # [B, N, V]
   per_slot = optax.softmax_cross_entropy_with_integer_labels(logits, c.masked.masked_ids)
   w = c.masked.masked_weights
-  model_loss = jnp.sum(per_slot * w) / jnp.maximum(jnp.sum(w), 1.0)
+  model_loss = weighted_mean(per_slot, w)
   loss = s.gen_weight * c.mlm_loss + MODEL_MLM_WEIGHT * model_loss
   sums = generator_sums(gen_predicted=c.gen_predicted, masked=c.masked, sampled=c.sampled,
                         mlm_per_slot=c.mlm_per_slot)
@@ -378,7 +403,7 @@ def all_tokens_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
   copy_logits = copy_logits.astype(jnp.float32)
   nll = -copy_mixture_log_prob(mlm_logits, copy_logits, c.fake_ids, ids)  # [B, L]
   tok_w = (input_mask > 0).astype(jnp.float32)
-  model_loss = jnp.sum(nll * tok_w) / jnp.maximum(jnp.sum(tok_w), 1.0)
+  model_loss = weighted_mean(nll, tok_w)
   loss = s.gen_weight * c.mlm_loss + MODEL_MLM_WEIGHT * model_loss
 
   predicted = copy_mixture_prediction(mlm_logits, copy_logits, c.fake_ids)  # [B, L]
@@ -416,7 +441,7 @@ def bert_mlm_loss(params, batch, rng, *, apply_fn: Callable[..., Any],
                     rngs={"dropout": model_drop}).astype(jnp.float32)  # [B, N, V]
   per_slot = optax.softmax_cross_entropy_with_integer_labels(logits, masked.masked_ids)
   w = masked.masked_weights
-  loss = MODEL_MLM_WEIGHT * jnp.sum(per_slot * w) / jnp.maximum(jnp.sum(w), 1.0)
+  loss = MODEL_MLM_WEIGHT * weighted_mean(per_slot, w)
   sums = model_mlm_sums(masked=masked, per_slot=per_slot,
                         predicted=counter_rng.argmax(logits, axis=-1))
   return loss, with_loss(sums, loss)

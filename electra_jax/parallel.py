@@ -129,6 +129,34 @@ def state_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
       abstract_tree)
 
 
+def splits_batch_by_shard_map(mesh: Mesh) -> bool:
+  """Whether the step splits the batch over 'data' by shard_map (train_step's
+  `shard_map_gradients`): on CPU meshes of several devices whose params are not
+  sharded (fsdp=1).  Elsewhere the partitioner splits it from the shardings."""
+  return (mesh.devices.flat[0].platform == "cpu" and mesh.shape["fsdp"] == 1
+          and mesh.shape["data"] > 1)
+
+
+def use_cpu_devices(count: int) -> int:
+  """Makes the host's CPU backend `count` devices (0: one per core); returns the count.
+
+  Call it before anything starts JAX's backends.  Several CPU devices run a CPU mesh's
+  data parallelism on separate cores (config.mesh.cpu_devices).
+  """
+  if count < 0:
+    raise UserInputError(f"config.mesh.cpu_devices must be >= 0 (0 = one per core), "
+                         f"got {count}")
+  count = count or (os.cpu_count() or 1)
+  if count == 1:
+    return 1
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError as e:
+    raise UserInputError(f"config.mesh.cpu_devices={count} needs to take effect before "
+                         f"JAX starts; run training in a fresh process") from e
+  return count
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Batch rows split over every device ('data' x 'fsdp')."""
   return NamedSharding(mesh, P(BATCH_AXES))

@@ -78,6 +78,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from electra_jax.data.select import prepare_dataset  # pylint: disable=g-import-not-at-top
 
   # ------------------------------------------------------------------ setup
+  parallel.use_cpu_devices(config.mesh.cpu_devices)  # before anything starts JAX's backends
   parallel.initialize_distributed(config.distributed)  # before anything touches a device
   validate_config(config)
   workdir = workdir_io.resolve(workdir)  # gs://... stays as it is

@@ -88,6 +88,28 @@ def test_micro_batch_rows_draw_the_whole_batch_values(monkeypatch, limit):
   assert counter_rng._ROWS.get() is None  # the context is gone afterwards
 
 
+@pytest.mark.parametrize("limit", [None, 2000])
+def test_device_shard_micro_batches_draw_the_whole_batch_values(monkeypatch, limit):
+  """Nested example_rows: a device's contiguous rows (example_rows(6, 1, 6 d, total=12),
+  as train_step.shard_map_gradients opens) split into micro-batches of rows i, i + k, ...
+  hold the whole batch's rows 6 d + i, 6 d + i + k, ... (both counter paths: the
+  whole batch's size, not the shard's, picks the path)."""
+  if limit:
+    monkeypatch.setattr(counter_rng, "_COUNTER_LIMIT", limit)  # shard 1260 < 2000 < 2520
+  key = jax.random.key(7)
+  shape = (12, 5, 7, 6)
+  whole = np.asarray(counter_rng.bits(key, shape))
+  for d in range(2):
+    for k, i in ((1, 0), (2, 1), (3, 2)):
+      def micro(key, d, i):
+        with counter_rng.example_rows(6, 1, d * 6, total=12):
+          with counter_rng.example_rows(6 // k, k, i):
+            return counter_rng.bits(key, (6 // k,) + shape[1:])
+      got = _jit(micro)(key, d, i)  # d and i traced, as axis_index and a scan index are
+      np.testing.assert_array_equal(got, whole[6 * d:6 * d + 6][i::k])
+  assert counter_rng._ROWS.get() is None
+
+
 def test_randint_range_and_uniformity():
   r = np.asarray(_jit(counter_rng.randint, static_argnums=(1, 2))(jax.random.key(8),
                                                                    (300_000,), 7))

@@ -290,3 +290,77 @@ def test_config_checks_for_mesh_and_accumulation():
   c.mesh.fsdp = 2  # 2 x ? devices on a 1-device machine
   with pytest.raises(UserInputError, match="does not divide the 1 devices"):
     train.validate_config(c)
+
+
+_SHARD_MAP_STEP = r'''
+import functools, sys
+import jax, jax.numpy as jnp, numpy as np
+from electra_jax import aot, parallel, train
+from electra_jax.config import pretrain_config
+objective, accum = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(0)
+lengths = [32, 20, 9, 32, 27, 14, 32, 5]  # unequal rows: per-device means would differ
+mask = (np.arange(32)[None, :] < np.asarray(lengths)[:, None]).astype(np.int32)
+batch = {"input_ids": jnp.asarray(rng.integers(104, 300, (8, 32)) * mask, jnp.int32),
+         "input_mask": jnp.asarray(mask), "segment_ids": jnp.zeros((8, 32), jnp.int32)}
+results = {}
+for devices in (1, 4):
+  c = pretrain_config("tiny")
+  c.objective = objective
+  if objective == "mlm":
+    c.model.embedding_sharing = "tied"
+  c.data.max_seq_length = 32
+  c.model.num_layers, c.model.hidden_size, c.model.num_heads = 2, 32, 2
+  c.model.intermediate_size, c.model.embedding_size = 64, 32
+  c.model.dropout_rate = c.model.attention_dropout_rate = 0.1
+  c.train.batch_size, c.train.grad_accum_steps = 8, accum
+  mesh = parallel.make_mesh(c.mesh, jax.devices()[:devices])
+  assert parallel.splits_batch_by_shard_map(mesh) == (devices > 1)
+  training = train.build_training(c, aot.StandInTokenizer(300), mesh)
+  state = training.init_state(training.init_key)
+  b = {k: jax.device_put(v, training.batch_sharding) for k, v in batch.items()}
+  state, sums = training.train_step(state, b)
+  results[devices] = (jax.device_get(state.params), jax.device_get(sums))
+(p1, s1), (p4, s4) = results[1], results[4]
+for path, a in jax.tree_util.tree_leaves_with_path(p1):
+  b = functools.reduce(lambda t, k: t[k.key], path, p4)
+  np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6, err_msg=jax.tree_util.keystr(path))
+assert set(s1) == set(s4)
+for k in s1:
+  np.testing.assert_allclose(s4[k], s1[k], rtol=2e-5, atol=1e-5, err_msg=k)
+print("same", sorted(s1))
+'''
+
+
+@pytest.mark.parametrize("objective,accum", [("electra", 1), ("electra", 2), ("mlm", 1)])
+def test_cpu_shard_map_step_equals_the_one_device_step(objective, accum):
+  """On a CPU mesh of several devices (fsdp=1) the step splits the batch by shard_map
+  (train_step.shard_map_gradients): with dropout, rows of unequal length and
+  accumulation it gives the one-device step's parameters and metric sums (the losses
+  divide by the whole batch's weights; each device draws its rows' random numbers)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  run = subprocess.run([sys.executable, "-c", _SHARD_MAP_STEP, objective, str(accum)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "same" in run.stdout and "'batches'" in run.stdout
+
+
+def test_cpu_devices_setting():
+  """config.mesh.cpu_devices: 1 leaves JAX alone, 0 means one per core, negatives and
+  a change after JAX started fail with a clear error."""
+  assert parallel.use_cpu_devices(1) == 1
+  with pytest.raises(UserInputError, match=">= 0"):
+    parallel.use_cpu_devices(-1)
+  jax.devices()  # JAX has started in this process
+  with pytest.raises(UserInputError, match="fresh process"):
+    parallel.use_cpu_devices(2)
+  script = ("import jax; from electra_jax import parallel; import os; "
+            "n = parallel.use_cpu_devices(0); "
+            "assert n == (os.cpu_count() or 1) == len(jax.devices()), (n, jax.devices()); "
+            "print('ok', n)")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  run = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
