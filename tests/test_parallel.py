@@ -105,38 +105,53 @@ def test_accumulated_micro_batches_equal_one_large_batch():
     np.testing.assert_allclose(float(s["x_sum"]), float(full_s["x_sum"]), rtol=1e-5)
 
 
+def step_config(objective: str, accum: int):
+  """A 2-layer, 32-wide pretraining config with dropout, batch 8 x 32 (the step tests)."""
+  from electra_jax.config import pretrain_config  # pylint: disable=g-import-not-at-top
+  c = pretrain_config("tiny")
+  c.objective = objective
+  if objective == "mlm":
+    c.model.embedding_sharing = "tied"
+  c.data.max_seq_length = 32
+  c.model.num_layers, c.model.hidden_size, c.model.num_heads = 2, 32, 2
+  c.model.intermediate_size, c.model.embedding_size = 64, 32
+  c.model.dropout_rate = c.model.attention_dropout_rate = 0.1
+  c.train.batch_size, c.train.grad_accum_steps = 8, accum
+  return c
+
+
+def one_step(config, mesh, batch):
+  """(params, metric sums) after one training step of `config` on `mesh` from init."""
+  from electra_jax import aot, train  # pylint: disable=g-import-not-at-top
+  training = train.build_training(config, aot.StandInTokenizer(300), mesh)
+  state = training.init_state(training.init_key)
+  batch = {k: jax.device_put(v, training.batch_sharding) for k, v in batch.items()}
+  state, sums = training.train_step(state, batch)
+  return jax.device_get(state.params), jax.device_get(sums)
+
+
+def assert_same_params(want, got):
+  for path, a in jax.tree_util.tree_leaves_with_path(want):
+    b = functools.reduce(lambda t, k: t[k.key], path, got)
+    np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6, err_msg=jax.tree_util.keystr(path))
+
+
 @pytest.mark.parametrize("objective", ["electra", "mlm"])
 def test_accumulated_training_step_equals_the_whole_batch_step(objective):
   """The real pretraining step, random masks, sampling and dropout included:
   grad_accum_steps=4 gives the parameters and metric sums of one step on the whole
   batch (every row has as many real tokens, so per-micro-batch means average to the
   whole batch's)."""
-  from electra_jax import aot, train  # pylint: disable=g-import-not-at-top
-  from electra_jax.config import pretrain_config  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   batch = {"input_ids": jnp.asarray(rng.integers(104, 300, (8, 32)), jnp.int32),
            "input_mask": jnp.ones((8, 32), jnp.int32),
            "segment_ids": jnp.asarray(np.repeat([[0] * 16 + [1] * 16], 8, 0), jnp.int32)}
   results = {}
   for accum in (1, 4):
-    c = pretrain_config("tiny")
-    c.objective = objective
-    if objective == "mlm":
-      c.model.embedding_sharing = "tied"
-    c.data.max_seq_length = 32
-    c.model.num_layers, c.model.hidden_size, c.model.num_heads = 2, 32, 2
-    c.model.intermediate_size, c.model.embedding_size = 64, 32
-    c.model.dropout_rate = c.model.attention_dropout_rate = 0.1
-    c.train.batch_size, c.train.grad_accum_steps = 8, accum
-    mesh = parallel.make_mesh(c.mesh, jax.devices()[:1])
-    training = train.build_training(c, aot.StandInTokenizer(300), mesh)
-    state = training.init_state(training.init_key)
-    state, sums = training.train_step(state, dict(batch))
-    results[accum] = (jax.device_get(state.params), jax.device_get(sums))
+    c = step_config(objective, accum)
+    results[accum] = one_step(c, parallel.make_mesh(c.mesh, jax.devices()[:1]), batch)
   (p1, s1), (p4, s4) = results[1], results[4]
-  for path, a in jax.tree_util.tree_leaves_with_path(p1):
-    b = functools.reduce(lambda t, k: t[k.key], path, p4)
-    np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6, err_msg=jax.tree_util.keystr(path))
+  assert_same_params(p1, p4)
   assert set(s1) == set(s4)
   assert float(s1["batches"]) == 1 and float(s4["batches"]) == 4
   for name in s1:
@@ -293,10 +308,11 @@ def test_config_checks_for_mesh_and_accumulation():
 
 
 _SHARD_MAP_STEP = r'''
-import functools, sys
+import sys
 import jax, jax.numpy as jnp, numpy as np
-from electra_jax import aot, parallel, train
-from electra_jax.config import pretrain_config
+from electra_jax import parallel
+sys.path.insert(0, "tests")
+from test_parallel import assert_same_params, one_step, step_config
 objective, accum = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(0)
 lengths = [32, 20, 9, 32, 27, 14, 32, 5]  # unequal rows: per-device means would differ
@@ -305,26 +321,12 @@ batch = {"input_ids": jnp.asarray(rng.integers(104, 300, (8, 32)) * mask, jnp.in
          "input_mask": jnp.asarray(mask), "segment_ids": jnp.zeros((8, 32), jnp.int32)}
 results = {}
 for devices in (1, 4):
-  c = pretrain_config("tiny")
-  c.objective = objective
-  if objective == "mlm":
-    c.model.embedding_sharing = "tied"
-  c.data.max_seq_length = 32
-  c.model.num_layers, c.model.hidden_size, c.model.num_heads = 2, 32, 2
-  c.model.intermediate_size, c.model.embedding_size = 64, 32
-  c.model.dropout_rate = c.model.attention_dropout_rate = 0.1
-  c.train.batch_size, c.train.grad_accum_steps = 8, accum
+  c = step_config(objective, accum)
   mesh = parallel.make_mesh(c.mesh, jax.devices()[:devices])
   assert parallel.splits_batch_by_shard_map(mesh) == (devices > 1)
-  training = train.build_training(c, aot.StandInTokenizer(300), mesh)
-  state = training.init_state(training.init_key)
-  b = {k: jax.device_put(v, training.batch_sharding) for k, v in batch.items()}
-  state, sums = training.train_step(state, b)
-  results[devices] = (jax.device_get(state.params), jax.device_get(sums))
+  results[devices] = one_step(c, mesh, batch)
 (p1, s1), (p4, s4) = results[1], results[4]
-for path, a in jax.tree_util.tree_leaves_with_path(p1):
-  b = functools.reduce(lambda t, k: t[k.key], path, p4)
-  np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6, err_msg=jax.tree_util.keystr(path))
+assert_same_params(p1, p4)
 assert set(s1) == set(s4)
 for k in s1:
   np.testing.assert_allclose(s4[k], s1[k], rtol=2e-5, atol=1e-5, err_msg=k)
