@@ -334,7 +334,7 @@ print("same", sorted(s1))
 '''
 
 
-@pytest.mark.parametrize("objective,accum", [("electra", 1), ("electra", 2), ("mlm", 1)])
+@pytest.mark.parametrize("objective,accum", [("electra", 2), ("mlm", 1)])
 def test_cpu_shard_map_step_equals_the_one_device_step(objective, accum):
   """On a CPU mesh of several devices (fsdp=1) the step splits the batch by shard_map
   (train_step.shard_map_gradients): with dropout, rows of unequal length and
