@@ -17,12 +17,12 @@ machine does not decide the ratio:
   same process.  The analytic FLOP count (`electra_jax/flops.py`) is cross-checked against
   XLA's cost analysis of the same step lowered with unrolled layers (scanned layers are
   counted once by XLA).
-* ``ours_devices``: the float32 default again, in a process that runs the cores as one
-  CPU device each (`--config.mesh.cpu_devices=0`): the batch split by shard_map
-  (`train_step.shard_map_gradients`).  --skip_cpu_devices leaves it out.
   Like `python -m electra_jax.train`, the worker first re-executes itself with glibc's
   huge-page malloc (electra_jax/host_memory.py); ELECTRA_JAX_HUGE_PAGES=0 measures
   without.
+* ``ours_devices``: the float32 default again, in a process that runs the cores as one
+  CPU device each (`--config.mesh.cpu_devices=0`): the batch split by shard_map
+  (`train_step.shard_map_gradients`).  --skip_cpu_devices leaves it out.
 * ``peer``: the same ELECTRA step built the way electra_pytorch does it, from Hugging
   Face transformers in PyTorch: ElectraForMaskedLM generator and ElectraForPreTraining
   discriminator of the same sizes sharing one embedding block and the output table,
@@ -190,11 +190,20 @@ def run_ours(size: str, batch: int, seq: int, steps: int, dtype: str, remat: str
   }
 
 
-def worker_ours(args) -> dict:
-  from electra_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.reexec_with_huge_pages()  # as `python -m electra_jax.train` does
+def _start_ours(cpu_devices: int = 1) -> int:
+  """Starts an `ours` worker process as `python -m electra_jax.train` starts: huge-page
+  malloc, CPU unless JAX_PLATFORMS says otherwise, config.mesh.cpu_devices; returns
+  the number of CPU devices."""
+  from electra_jax import host_memory, parallel  # pylint: disable=g-import-not-at-top
+  host_memory.reexec_with_huge_pages()
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu") if not os.environ.get("JAX_PLATFORMS") else None
+  return parallel.use_cpu_devices(cpu_devices)  # before JAX starts
+
+
+def worker_ours(args) -> dict:
+  _start_ours()
+  import jax  # pylint: disable=g-import-not-at-top
   result = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
             "jax": jax.__version__, "roofline": {}, "runs": []}
@@ -212,11 +221,7 @@ def worker_ours(args) -> dict:
 
 def worker_ours_devices(args) -> dict:
   """Ours as `--config.mesh.cpu_devices=0` runs it: one CPU device per core."""
-  from electra_jax import host_memory, parallel  # pylint: disable=g-import-not-at-top
-  host_memory.reexec_with_huge_pages()
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update("jax_platforms", "cpu") if not os.environ.get("JAX_PLATFORMS") else None
-  devices = parallel.use_cpu_devices(0)  # before JAX starts, as the trainer does
+  devices = _start_ours(cpu_devices=0)
   return run_ours(args.size, args.batch, args.seq, args.steps, "float32",
                   args.remats.split(",")[0], devices=devices)
 

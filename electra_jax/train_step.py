@@ -6,7 +6,8 @@ the batch split over every device, params and optimizer state sharded over 'fsdp
 (replicated when fsdp=1), the state buffers donated, and
 `config.train.grad_accum_steps` micro-batches scanned inside the step
 (`accumulate_gradients`).  On a CPU mesh of several devices with fsdp=1 the batch is
-split by shard_map instead (`shard_map_gradients`).  `validate_config` checks a config before any of it runs.
+split by shard_map instead (`shard_map_gradients`).  `validate_config` checks a config
+before any of it runs.
 """
 
 import dataclasses
