@@ -47,6 +47,19 @@ def features(max_seq_length: int) -> tfds.features.FeaturesDict:
   })
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """tfds.core.DatasetInfo for a dataset that exists only where `data.build` wrote it.
+
+  tfds' builder, finding no dataset_info.json yet, asks Google's public bucket for
+  precomputed info under the dataset's name, first making a temporary directory that
+  it never removes: every build left an empty /tmp/tmp*tfds behind, and on a Cloud VM
+  the lookup goes over the network.  Our datasets are never in that bucket.
+  """
+
+  def initialize_from_bucket(self) -> None:
+    return None
+
+
 class ElectraPretraining(tfds.core.GeneratorBasedBuilder):
   """Describes the dataset to tfds; the shards are written by `data.build`.
 
@@ -81,7 +94,7 @@ class ElectraPretraining(tfds.core.GeneratorBasedBuilder):
     return None
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return _LocalDatasetInfo(
         builder=self,
         description=(
             "ELECTRA pretraining examples: [CLS] A [SEP] (B [SEP]) token "
