@@ -92,8 +92,11 @@ def test_notebook_runs_end_to_end_on_cpu(tmp_path):
   # ipykernel's built-in 'python3' kernelspec runs this interpreter (sys.executable); an
   # empty kernel search path keeps a python3 kernelspec installed elsewhere (e.g. ~/.local,
   # another interpreter) out of the way, and nothing needs registering.
+  # The connection file goes under tmp_path: by default it is a /tmp/tmp*.json that
+  # outlives the kernel.
   km = kernel_manager.AsyncKernelManager(
-      kernel_name="python3", kernel_spec_manager=kernelspec.KernelSpecManager(kernel_dirs=[]))
+      kernel_name="python3", kernel_spec_manager=kernelspec.KernelSpecManager(kernel_dirs=[]),
+      connection_file=str(tmp_path / "kernel.json"))
   client = nbclient.NotebookClient(nb, km=km, timeout=600,
                                    resources={"metadata": {"path": str(tmp_path)}})
   client.execute(env=env)
