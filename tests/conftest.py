@@ -50,6 +50,20 @@ def _tiny_config(corpus_glob, cache_dir, **train_overrides):
   return c
 
 
+@pytest.fixture
+def tempdir(tmp_path, monkeypatch):
+  """A fresh folder that Python's `tempfile` uses for this test (tmp_path/tmp).
+
+  tfds' builders make a temporary directory they never remove when a dataset has no
+  dataset_info.json yet (electra_jax/data/dataset.py's `_LocalDatasetInfo` spares our
+  own builder): a test that prepares its own tfds dataset leaves it here, not in /tmp.
+  """
+  path = tmp_path / "tmp"
+  path.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(path))
+  return path
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
   """The factory `tiny_config(corpus_glob, cache_dir, **train_overrides)`."""

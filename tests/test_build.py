@@ -4,7 +4,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 
 from etils import epath
@@ -312,14 +311,11 @@ def test_failure_leaves_nothing(corpus, tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == []
 
 
-def test_build_leaves_no_temporary_directory(corpus, tmp_path, monkeypatch):
+def test_build_leaves_no_temporary_directory(corpus, tmp_path, tempdir):
   # tfds' builder made (and kept) an empty tmp*tfds directory on every build.
-  scratch = tmp_path / "tmp"
-  scratch.mkdir()
-  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
   build_at(corpus, tmp_path / "out", num_workers=0)
   dataset.open_dataset(str(tmp_path / "out"))
-  assert os.listdir(scratch) == []
+  assert os.listdir(tempdir) == []
 
 
 def run_cli(*args):

@@ -2,7 +2,6 @@
 and tfds datasets as builder input."""
 
 import os
-import tempfile
 
 from array_record.python import array_record_module
 import numpy as np
@@ -154,10 +153,7 @@ class TinyText(tfds.core.GeneratorBasedBuilder):
       yield i, {"body": text}
 
 
-def test_tfds_input(tmp_path, monkeypatch):
-  # tfds' builders leave an empty temporary directory behind (see data/dataset.py's
-  # _LocalDatasetInfo); this test's own builder leaves it under tmp_path.
-  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+def test_tfds_input(tmp_path, tempdir):  # tempdir: its tfds builder's leftover
   vocab = write_vocab(tmp_path / "vocab.txt")
   docs = make_docs(np.random.default_rng(4), 0, 12)
   TinyText.docs = ["\n".join(lines) for lines in docs] + ["", "d12 one\n\nd12"]

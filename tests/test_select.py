@@ -4,7 +4,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
 
 import ml_collections
 import numpy as np
@@ -232,10 +231,8 @@ class SotuText(tfds.core.GeneratorBasedBuilder):
       yield i, {'body': doc}
 
 
-def test_tfds_source_trains_a_vocab_builds_and_caches(tmp_path, monkeypatch):
-  # tfds' builders leave an empty temporary directory behind (data/dataset.py's
-  # _LocalDatasetInfo); this test's own builder leaves it under tmp_path.
-  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+def test_tfds_source_trains_a_vocab_builds_and_caches(tmp_path, monkeypatch,
+                                                     tempdir):  # its tfds builder's leftover
   SotuText(data_dir=str(tmp_path / 'tfds'),
            file_format='array_record').download_and_prepare(
                download_dir=str(tmp_path / 'dl'))
