@@ -100,6 +100,7 @@ from electra_jax.finetune_workdir import summarize
 from electra_jax.finetune_workdir import write_json
 from electra_jax.finetune_workdir import write_results
 from electra_jax.model import SIZES, encoder_config_from
+from electra_jax.model_config import for_platform
 from electra_jax.tokenization import load_tokenizer
 from electra_jax.train import TrainState
 
@@ -177,6 +178,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
   cfg = dataclasses.replace(cfg, dropout_rate=config.dropout,
                             attention_dropout_rate=config.attention_dropout,
                             dtype=config.dtype)
+  cfg = for_platform(cfg, jax.devices()[0].platform)
   if config.max_seq_length > cfg.max_position_embeddings:
     raise UserInputError(f"config.max_seq_length={config.max_seq_length} exceeds the "
                          f"model's max_position_embeddings {cfg.max_position_embeddings}")

@@ -35,6 +35,10 @@ class EncoderConfig:
   initializer_range: float = 0.02
   layer_norm_eps: float = 1e-12
   dtype: str = 'float32'   # compute dtype; params are always float32
+  # The devices the model is built for ('' = any); `for_platform` sets it.  On 'cpu' the
+  # attention of a bfloat16 model runs in float32 and the query/key/value projection has
+  # its own VJP (model_layers.SelfAttention).
+  platform: str = ''
   scan_layers: bool = True  # nn.scan over layers; False = unrolled layer_0..N-1
   remat: str = 'none'       # 'none' | 'full' | 'dots'
 
@@ -64,6 +68,21 @@ class EncoderConfig:
   def compute_dtype(self):
     """The jnp dtype matmuls run in."""
     return _DTYPES[self.dtype]
+
+  @property
+  def attention_compute_dtype(self):
+    """The jnp dtype of the attention's query, key, value and matmuls: float32 on CPU.
+
+    XLA:CPU runs bfloat16 batched matmuls (the attention's) in float32 anyway, after
+    converting the operands, so bfloat16 attention there only adds conversion passes
+    and rounding (benchmarks/train_step.md).  Accelerators keep `dtype`.
+    """
+    return jnp.float32 if self.platform == 'cpu' else self.compute_dtype
+
+
+def for_platform(cfg: EncoderConfig, platform: str) -> EncoderConfig:
+  """`cfg` built for devices of `platform` (the same parameters and model either way)."""
+  return dataclasses.replace(cfg, platform=platform)
 
 
 # Discriminator sizes (DESIGN.md §1).  vocab_size is supplied by the tokenizer.

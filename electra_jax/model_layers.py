@@ -45,11 +45,12 @@ class TokenDense(nn.Dense):
                         self.param_dtype)
     bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
-    flat, kernel, bias = nn.dtypes.promote_dtype(flat, kernel, bias, dtype=self.dtype)
-    y = checkpoint_name(_token_matmul(flat, kernel), 'dense_output')
+    dtype = self.dtype or flat.dtype
+    y = _token_matmul(flat.astype(dtype), kernel)  # float32
     if bias is not None:
       y = y + bias
-    return y.reshape(lead + (self.features,))
+    # The remat policy keeps the rounded output, so bf16 residuals stay bf16.
+    return checkpoint_name(y.astype(dtype), 'dense_output').reshape(lead + (self.features,))
 
 
 # Contract dim 0 of both operands: the tokens, for the kernel gradient.
@@ -58,7 +59,18 @@ _TOKENS = (((0,), (0,)), ((), ()))
 
 @jax.custom_vjp
 def _token_matmul(x, kernel):
-  """x [T, in] @ kernel [in, out], with the kernel gradient formed output-rows-first.
+  """x [T, in] @ kernel [in, out], accumulated in and returned as float32.
+
+  `kernel` is the float32 parameter, or a tuple of them that it joins along the output
+  features (the attention's query, key and value: one matmul; the pieces,
+  not their joined copy, are what the backward pass keeps).  In bfloat16 the matmuls
+  (forward and both gradients) take bfloat16 operands and accumulate into float32 (the
+  caller adds the bias before rounding the output): XLA:CPU runs bf16 x bf16 -> f32
+  matmuls with AVX512-BF16 at about twice its float32 rate (830-910 vs 410-460 GFLOP/s
+  for ELECTRA-Small's shapes), but bf16 -> bf16 ones in float32 after converting both
+  operands (benchmarks/train_step.md).  Accelerators accumulate in float32 anyway.  The
+  kernel gradient is a float32 sum, not rounded to bfloat16; x's gradient is in x's
+  dtype.
 
   The kernel gradient contracts the T tokens of x and of the output gradient g.  XLA:CPU
   runs that (Eigen) at ~350 GFLOP/s when the result has fewer rows than columns and at
@@ -67,7 +79,20 @@ def _token_matmul(x, kernel):
   barrier keeps XLA from folding the transpose back in).  Same numbers, ~4% faster step
   (benchmarks/train_step.md).
   """
-  return jax.lax.dot_general(x, kernel, (((1,), (0,)), ((), ())))
+  return jax.lax.dot_general(x, _joined(kernel, 1).astype(x.dtype), (((1,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+def _joined(parts, axis: int):
+  return jnp.concatenate(parts, axis) if isinstance(parts, (tuple, list)) else parts
+
+
+def _split_like(whole, parts, axis: int):
+  """`whole` cut along `axis` into pieces shaped like `parts` (a tuple) or kept whole."""
+  if not isinstance(parts, (tuple, list)):
+    return whole.astype(parts.dtype)
+  cuts = np.cumsum([p.shape[axis] for p in parts])[:-1]
+  return type(parts)(w.astype(p.dtype) for w, p in zip(jnp.split(whole, cuts, axis), parts))
 
 
 def _token_matmul_fwd(x, kernel):
@@ -75,13 +100,18 @@ def _token_matmul_fwd(x, kernel):
 
 
 def _token_matmul_bwd(residuals, g):
-  x, kernel = residuals
-  dx = jax.lax.dot_general(g, kernel, (((1,), (1,)), ((), ())))
+  x, kernels = residuals
+  kernel = _joined(kernels, 1)
+  f32 = jnp.float32
+  g = g.astype(x.dtype)
+  dx = jax.lax.dot_general(g, kernel.astype(g.dtype), (((1,), (1,)), ((), ())),
+                           preferred_element_type=f32)
   if kernel.shape[0] > kernel.shape[1]:
-    dk = jax.lax.optimization_barrier(jax.lax.dot_general(g, x, _TOKENS)).T
+    dk = jax.lax.optimization_barrier(
+        jax.lax.dot_general(g, x, _TOKENS, preferred_element_type=f32)).T
   else:
-    dk = jax.lax.dot_general(x, g, _TOKENS)
-  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+    dk = jax.lax.dot_general(x, g, _TOKENS, preferred_element_type=f32)
+  return dx.astype(x.dtype), _split_like(dk, kernels, 1)
 
 
 _token_matmul.defvjp(_token_matmul_fwd, _token_matmul_bwd)
@@ -201,7 +231,16 @@ class SelfAttention(nn.Module):
                             for n in ('query', 'key', 'value')))
     dt = cfg.compute_dtype
     flat = x.reshape(-1, x.shape[-1]).astype(dt)
-    qkv = flat @ jnp.concatenate(kernels, axis=1).astype(dt) + jnp.concatenate(biases).astype(dt)
+    if cfg.platform == 'cpu':
+      # Float32 accumulation and bias, its own VJP: bfloat16 steps ~25% faster on CPU.
+      qkv = _token_matmul(flat, kernels) + jnp.concatenate(biases)
+      qkv = checkpoint_name(qkv.astype(cfg.attention_compute_dtype), 'dense_output')
+    else:
+      # A plain matmul: XLA:TPU fuses its backward with less memory (ELECTRA-Large,
+      # bfloat16, v5e:2x4 batch 256: 15.1 GiB per chip; 15.4 through _token_matmul).
+      qkv = (flat @ jnp.concatenate(kernels, axis=1).astype(dt)
+             + jnp.concatenate(biases).astype(dt))
+    qkv = qkv.astype(cfg.attention_compute_dtype)
     qkv = qkv.reshape(x.shape[:-1] + (3, heads, head_dim))
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     use_dropout = cfg.attention_dropout_rate > 0.0 and not self.deterministic
@@ -210,7 +249,7 @@ class SelfAttention(nn.Module):
           self, p, cfg.attention_dropout_rate, deterministic=False))
     else:
       out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-    return out.reshape(out.shape[:-2] + (cfg.hidden_size,))
+    return out.reshape(out.shape[:-2] + (cfg.hidden_size,)).astype(dt)
 
 
 def explicit_attention(q, k, v, mask, dropout=None):

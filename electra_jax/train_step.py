@@ -32,6 +32,7 @@ from electra_jax import vocab_head
 from electra_jax.errors import UserInputError
 from electra_jax.model import (EMBEDDING_SHARING, OBJECTIVES, ElectraPretrainingModel,
                                encoder_config_from, generator_config, objective_heads)
+from electra_jax.model_config import for_platform
 
 
 @flax.struct.dataclass
@@ -202,7 +203,8 @@ def build_training(config: ml_collections.ConfigDict, tokenizer, mesh: Mesh) -> 
   """
   t = config.train
   seq_len = config.data.max_seq_length
-  disc_cfg = encoder_config_from(config.model, tokenizer.vocab_size)
+  platform = mesh.devices.flat[0].platform
+  disc_cfg = for_platform(encoder_config_from(config.model, tokenizer.vocab_size), platform)
   has_generator = objective_heads(config.objective).generator
   # objective 'mlm' has no generator: generator_size is ignored.
   gen_cfg = generator_config(disc_cfg, config.model.generator_size) if has_generator else None
@@ -211,7 +213,7 @@ def build_training(config: ml_collections.ConfigDict, tokenizer, mesh: Mesh) -> 
                                   objective=config.objective)
   settings = dataclasses.replace(
       objective.ObjectiveSettings.from_config(config.pretrain, tokenizer, seq_len),
-      vocab_chunk=vocab_head.chunk_for_platform(mesh.devices.flat[0].platform))
+      vocab_chunk=vocab_head.chunk_for_platform(platform))
   tx, schedule = optim.make_optimizer(config.optim, t.steps)
 
   def init_state(key):

@@ -2,6 +2,8 @@
 padding, attention, dropout.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -180,3 +182,77 @@ def test_attention_probability_dropout():
   assert not np.allclose(a, det, atol=1e-3)
   # With dropout on, pad keys still get no weight.
   np.testing.assert_allclose(b[1, :3], a[1, :3], atol=1e-5)
+
+
+def test_bfloat16_dense_accumulates_in_float32():
+  """bf16 activations with the float32 kernel (as TokenDense calls it): the product and
+  the kernel gradient are the float32 sums over the bf16-rounded operands, not rounded
+  to bf16 (that rounding alone would be off by ~1e-3 relative); x's gradient is bf16.
+  TokenDense adds its float32 bias before rounding its output to bf16 once."""
+  from electra_jax import model_layers
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(256, 96)), jnp.bfloat16)
+  k = jnp.asarray(rng.normal(size=(96, 48)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(256, 48)), jnp.float32)
+  f = lambda x, k: jnp.sum(model_layers._token_matmul(x, k) * g)
+  y = jax.jit(model_layers._token_matmul)(x, k)
+  dx, dk = jax.jit(jax.grad(f, argnums=(0, 1)))(x, k)
+  assert y.dtype == dk.dtype == jnp.float32 and dx.dtype == jnp.bfloat16
+  x64 = np.asarray(x, np.float64)
+  k16 = np.asarray(k.astype(jnp.bfloat16), np.float64)
+  g16 = np.asarray(g.astype(jnp.bfloat16), np.float64)
+  np.testing.assert_allclose(np.asarray(y), x64 @ k16, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(dk), x64.T @ g16, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(dx, np.float64), g16 @ k16.T, rtol=2 ** -8, atol=1e-2)
+  dense = model_layers.TokenDense(48, dtype=jnp.bfloat16, param_dtype=jnp.float32,
+                                  bias_init=jax.nn.initializers.normal(1.0))
+  params = dense.init(jax.random.key(0), x)['params']
+  out = dense.apply({'params': params}, x)
+  exact = x64 @ np.asarray(params['kernel'].astype(jnp.bfloat16), np.float64) + np.asarray(
+      params['bias'], np.float64)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(out, np.float64), exact, rtol=2 ** -8, atol=1e-6)
+
+
+def test_cpu_runs_bfloat16_attention_in_float32():
+  """Built for CPU, a bfloat16 model's attention runs in float32 (XLA:CPU would convert
+  its matmuls' operands anyway); elsewhere it stays bfloat16.  Same parameters, close
+  logits."""
+  from electra_jax import model_config
+  cfg = M.EncoderConfig(vocab_size=50, hidden_size=32, embedding_size=16, num_layers=1,
+                        num_heads=2, intermediate_size=64, dtype='bfloat16')
+  cpu, tpu = model_config.for_platform(cfg, 'cpu'), model_config.for_platform(cfg, 'tpu')
+  assert cpu.attention_compute_dtype == jnp.float32
+  assert tpu.attention_compute_dtype == cfg.attention_compute_dtype == jnp.bfloat16
+  assert cpu.compute_dtype == jnp.bfloat16
+  f32 = model_config.for_platform(dataclasses.replace(cfg, dtype='float32'), 'cpu')
+  assert f32.attention_compute_dtype == jnp.float32
+  ids = jnp.asarray(np.random.default_rng(0).integers(5, 50, size=(2, 8)), jnp.int32)
+  seg, mask = jnp.zeros_like(ids), jnp.ones_like(ids)
+
+  def loss_and_grads(c, params):
+    f = lambda p: jnp.sum(jnp.sin(M.ElectraEncoder(c).apply({'params': p}, ids, seg, mask)
+                                  .astype(jnp.float32)))
+    return jax.jit(jax.value_and_grad(f))(params)
+
+  params = M.ElectraEncoder(cfg).init(jax.random.key(0), ids, seg, mask)['params']
+  (a, _), (b, _) = (loss_and_grads(c, params) for c in (cpu, tpu))
+  np.testing.assert_allclose(a, b, rtol=0.05)
+  # In float32 the CPU formulation (the projection's own VJP, its split gradients) is
+  # the same function as the plain one.
+  f32_any = dataclasses.replace(f32, platform='')
+  (a, ga), (b, gb) = (loss_and_grads(c, params) for c in (f32, f32_any))
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), ga, gb)
+
+
+def test_training_on_cpu_builds_its_bfloat16_model_with_float32_attention():
+  from electra_jax import aot, parallel, train_step
+  from electra_jax.config import pretrain_config
+  c = pretrain_config("tiny")
+  c.model.dtype = "bfloat16"
+  mesh = parallel.make_mesh(c.mesh, jax.devices()[:1])
+  tr = train_step.build_training(c, aot.StandInTokenizer(100), mesh)
+  assert tr.model.disc.platform == tr.model.gen.platform == "cpu"
+  assert tr.model.disc.attention_compute_dtype == tr.model.gen.attention_compute_dtype == jnp.float32
+  assert tr.model.disc.compute_dtype == jnp.bfloat16
