@@ -13,7 +13,8 @@ machine does not decide the ratio:
   generator on the masked slots, fp32 sampling, discriminator, AdamW, clipping,
   metrics), jitted on one device with donated state, for each dtype in --dtypes.  The
   same process first measures a dense float32 (and bfloat16) matmul roofline with
-  `jnp.dot` on square matrices, so utilisation = analytic model FLOP/s / roofline of the
+  `jnp.dot` on square matrices (bfloat16 operands accumulating into float32, as the
+  model's bfloat16 matmuls do), so utilisation = analytic model FLOP/s / roofline of the
   same process.  The analytic FLOP count (`electra_jax/flops.py`) is cross-checked against
   XLA's cost analysis of the same step lowered with unrolled layers (scanned layers are
   counted once by XLA).
@@ -117,7 +118,12 @@ def _random_batch(batch: int, seq: int, seed: int = 0):
 
 
 def matmul_roofline(dtype_name: str, sizes=(1024, 2048), repeats: int = 5) -> dict:
-  """Best dense matmul GFLOP/s of XLA on this host for square matrices of `sizes`."""
+  """Best dense matmul GFLOP/s of XLA on this host for square matrices of `sizes`.
+
+  Products accumulate and return float32, as the model's matmuls do (for bfloat16
+  operands XLA:CPU uses AVX512-BF16 dot products that way, at about twice the float32
+  rate; bf16 -> bf16 would convert both operands and run as float32).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   dtype = jnp.dtype(dtype_name)
@@ -125,7 +131,7 @@ def matmul_roofline(dtype_name: str, sizes=(1024, 2048), repeats: int = 5) -> di
   for n in sizes:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
-    f = jax.jit(jnp.dot)
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
     f(a, b).block_until_ready()
     times = []
     for _ in range(repeats):
@@ -274,6 +280,9 @@ def worker_peer(args) -> dict:
   gen.train()
   disc.train()
   n_pred = int((c.pretrain.mask_prob + 0.005) * args.seq)
+  bf16 = args.peer_dtype == "bfloat16"
+  # bfloat16: torch's CPU autocast, the PyTorch way to compute in bf16 with fp32 params.
+  autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
   def step(batch):
     ids, mask, seg = batch
@@ -284,8 +293,9 @@ def worker_peer(args) -> dict:
     is_mlm = torch.zeros(b, length, dtype=torch.bool).scatter_(1, positions, True)
     show_mask = is_mlm & (torch.rand(b, length) < 0.85)
     masked_ids = ids.masked_fill(show_mask, MASK)
-    gen_logits = gen(input_ids=masked_ids, attention_mask=mask, token_type_ids=seg).logits
-    mlm_logits = gen_logits[is_mlm]  # [B*N, V]
+    with autocast():
+      gen_logits = gen(input_ids=masked_ids, attention_mask=mask, token_type_ids=seg).logits
+    mlm_logits = gen_logits[is_mlm].float()  # [B*N, V]
     mlm_loss = torch.nn.functional.cross_entropy(mlm_logits, ids[is_mlm])
     with torch.no_grad():
       u = torch.rand_like(mlm_logits, dtype=torch.float32)
@@ -294,7 +304,9 @@ def worker_peer(args) -> dict:
     fake = ids.clone()
     fake[is_mlm] = sampled
     labels = (fake != ids).float()
-    disc_logits = disc(input_ids=fake, attention_mask=mask, token_type_ids=seg).logits
+    with autocast():
+      disc_logits = disc(input_ids=fake, attention_mask=mask, token_type_ids=seg).logits
+    disc_logits = disc_logits.float()
     tok = mask.bool()
     disc_loss = torch.nn.functional.binary_cross_entropy_with_logits(disc_logits[tok],
                                                                      labels[tok])
@@ -327,8 +339,9 @@ def worker_peer(args) -> dict:
   gen_hidden_to_vocab = 2 * 3 * gen_kw["embedding_size"] * VOCAB_SIZE * args.batch * (
       args.seq - n_pred)
   return {
-      "name": f"HF transformers {transformers.__version__} / torch {torch.__version__} (float32)",
-      "dtype": "float32", "compile_s": first_step_s, "step_s": elapsed / args.steps,
+      "name": f"HF transformers {transformers.__version__} / torch {torch.__version__} "
+              + ("(bfloat16 autocast)" if bf16 else "(float32)"),
+      "dtype": args.peer_dtype, "compile_s": first_step_s, "step_s": elapsed / args.steps,
       "tokens_per_s": args.batch * args.seq * args.steps / elapsed,
       "analytic_flops_per_step": analytic, "extra_flops_per_step": gen_hidden_to_vocab,
       "peak_rss": peak.peak, "baseline_rss": baseline_rss, "loss": float(loss),
@@ -365,7 +378,9 @@ def _mib(x: float) -> str:
   return f"{x / 2 ** 20:,.0f} MiB"
 
 
-def report(args, ours: dict, peer: dict | None, ours_devices: dict | None = None) -> str:
+def report(args, ours: dict, peers: dict, ours_devices: dict | None = None) -> str:
+  """The markdown report; `peers` maps a dtype to the peer's run in it."""
+  peer = peers.get("float32")
   fp32_roof = ours["roofline"].get("float32", {}).get("gflops")
   lines = [
       "# Training step: electra_jax vs the PyTorch / Hugging Face peer",
@@ -385,7 +400,7 @@ def report(args, ours: dict, peer: dict | None, ours_devices: dict | None = None
       "the matmul roofline | peak RSS in the timed steps |",
       "| --- | ---: | ---: | ---: | ---: | ---: |",
   ]
-  rows = list(ours["runs"]) + ([ours_devices] if ours_devices else []) + ([peer] if peer else [])
+  rows = list(ours["runs"]) + ([ours_devices] if ours_devices else []) + list(peers.values())
   for r in rows:
     tflops = r["analytic_flops_per_step"] / r["step_s"] / 1e12
     roof = ours["roofline"].get(r["dtype"], {}).get("gflops", fp32_roof)
@@ -404,9 +419,13 @@ def report(args, ours: dict, peer: dict | None, ours_devices: dict | None = None
                    f"peak RSS {ours_devices['peak_rss'] / peer['peak_rss']:.2f}x.")
     for r in ours["runs"]:
       if r is not fp32:
-        lines.append(f"Ours {r['dtype']}, remat {r['remat']} / peer: tokens/s "
+        same = peers.get(r["dtype"]) if r["dtype"] != "float32" else None
+        lines.append(f"Ours {r['dtype']}, remat {r['remat']} / peer (float32): tokens/s "
                      f"{r['tokens_per_s'] / peer['tokens_per_s']:.2f}x, peak RSS "
-                     f"{r['peak_rss'] / peer['peak_rss']:.2f}x.")
+                     f"{r['peak_rss'] / peer['peak_rss']:.2f}x"
+                     + (f"; / the peer in {r['dtype']}: tokens/s "
+                        f"**{r['tokens_per_s'] / same['tokens_per_s']:.2f}x**, peak RSS "
+                        f"{r['peak_rss'] / same['peak_rss']:.2f}x." if same else "."))
     lines.append(
         f"The peer computes generator logits at all {args.seq} positions, as "
         f"electra_pytorch does: {peer['extra_flops_per_step'] / 1e9:.1f} GFLOP per step more "
@@ -451,6 +470,7 @@ def main():
   parser.add_argument("--skip_xla_flops", action="store_true")
   parser.add_argument("--output", default="")
   parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--peer_dtype", default="float32", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
     result = {"ours": worker_ours, "ours_devices": worker_ours_devices,
@@ -458,14 +478,17 @@ def main():
     print("RESULT " + json.dumps(result), flush=True)
     return
   args.forwarded = [a for a in sys.argv[1:] if not a.startswith("--output")]
-  ours = peer = ours_devices = None
+  ours = ours_devices = None
+  peers = {}
   for _ in range(args.rounds):  # alternate, keep each contestant's best round
     ours = _best(ours, _spawn("ours", args.forwarded))
     if not args.skip_cpu_devices and (os.cpu_count() or 1) > 1:
       ours_devices = _best(ours_devices, _spawn("ours_devices", args.forwarded))
     if not args.skip_peer:
-      peer = _best(peer, _spawn("peer", args.forwarded))
-  text = report(args, ours, peer, ours_devices)
+      for dtype in args.dtypes.split(","):
+        peers[dtype] = _best(peers.get(dtype),
+                             _spawn("peer", args.forwarded + [f"--peer_dtype={dtype}"]))
+  text = report(args, ours, peers, ours_devices)
   print(text)
   if args.output:
     pathlib.Path(args.output).write_text(text, encoding="utf-8")
