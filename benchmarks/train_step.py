@@ -485,7 +485,8 @@ def main():
     if not args.skip_cpu_devices and (os.cpu_count() or 1) > 1:
       ours_devices = _best(ours_devices, _spawn("ours_devices", args.forwarded))
     if not args.skip_peer:
-      for dtype in args.dtypes.split(","):
+      # float32 always (the ratios' reference, as before), then ours' other dtypes.
+      for dtype in dict.fromkeys(["float32"] + args.dtypes.split(",")):
         peers[dtype] = _best(peers.get(dtype),
                              _spawn("peer", args.forwarded + [f"--peer_dtype={dtype}"]))
   text = report(args, ours, peers, ours_devices)
