@@ -11,7 +11,9 @@ machine does not decide the ratio:
 
 * ``ours``: the real pretraining step (`electra_jax.train.build_training`: masking,
   generator on the masked slots, fp32 sampling, discriminator, AdamW, clipping,
-  metrics), jitted on one device with donated state, for each dtype in --dtypes.  The
+  metrics), jitted with donated state on the devices the trainer's default makes of a
+  CPU host (`config.mesh.cpu_devices=0`: one per core, the batch split by shard_map,
+  `train_step.shard_map_gradients`), for each dtype in --dtypes.  The
   same process first measures a dense float32 (and bfloat16) matmul roofline with
   `jnp.dot` on square matrices (bfloat16 operands accumulating into float32, as the
   model's bfloat16 matmuls do), so utilisation = analytic model FLOP/s / roofline of the
@@ -21,9 +23,8 @@ machine does not decide the ratio:
   Like `python -m electra_jax.train`, the worker first re-executes itself with glibc's
   huge-page malloc (electra_jax/host_memory.py); ELECTRA_JAX_HUGE_PAGES=0 measures
   without.
-* ``ours_devices``: the float32 default again, in a process that runs the cores as one
-  CPU device each (`--config.mesh.cpu_devices=0`): the batch split by shard_map
-  (`train_step.shard_map_gradients`).  --skip_cpu_devices leaves it out.
+* ``ours_one_device``: the float32 default again, in a process with one CPU device that
+  uses every core (`--config.mesh.cpu_devices=1`).  --skip_one_device leaves it out.
 * ``peer``: the same ELECTRA step built the way electra_pytorch does it, from Hugging
   Face transformers in PyTorch: ElectraForMaskedLM generator and ElectraForPreTraining
   discriminator of the same sizes sharing one embedding block and the output table,
@@ -182,9 +183,9 @@ def run_ours(size: str, batch: int, seq: int, steps: int, dtype: str, remat: str
     elapsed = time.perf_counter() - t0
   analytic = flops.train_flops_per_step(config, VOCAB_SIZE)["total"]
   return {
-      "name": f"electra_jax ({dtype}, remat {config.model.remat}"
-              + (f", {devices} CPU devices)" if devices > 1 else ")"), "dtype": dtype,
-      "remat": config.model.remat, "compile_s": compile_s,
+      "name": f"electra_jax ({dtype}, remat {config.model.remat}, "
+              + (f"{devices} devices)" if devices > 1 else "one device)"), "dtype": dtype,
+      "remat": config.model.remat, "devices": devices, "compile_s": compile_s,
       "step_s": elapsed / steps, "tokens_per_s": batch * seq * steps / elapsed,
       "analytic_flops_per_step": analytic, "peak_rss": peak.peak,
       "baseline_rss": baseline_rss,
@@ -196,19 +197,20 @@ def run_ours(size: str, batch: int, seq: int, steps: int, dtype: str, remat: str
   }
 
 
-def _start_ours(cpu_devices: int = 1) -> int:
+def _start_ours(cpu_devices: int, rows: int) -> int:
   """Starts an `ours` worker process as `python -m electra_jax.train` starts: huge-page
-  malloc, CPU unless JAX_PLATFORMS says otherwise, config.mesh.cpu_devices; returns
-  the number of CPU devices."""
+  malloc, CPU unless JAX_PLATFORMS says otherwise, config.mesh.cpu_devices for a batch
+  of `rows`; returns the number of devices the step runs on."""
   from electra_jax import host_memory, parallel  # pylint: disable=g-import-not-at-top
   host_memory.reexec_with_huge_pages()
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu") if not os.environ.get("JAX_PLATFORMS") else None
-  return parallel.use_cpu_devices(cpu_devices)  # before JAX starts
+  parallel.use_cpu_devices(cpu_devices, rows=rows)  # before JAX starts
+  return jax.device_count()
 
 
 def worker_ours(args) -> dict:
-  _start_ours()
+  devices = _start_ours(0, args.batch)  # the config default
   import jax  # pylint: disable=g-import-not-at-top
   result = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
@@ -218,16 +220,16 @@ def worker_ours(args) -> dict:
   for dtype in args.dtypes.split(","):
     for remat in args.remats.split(","):
       result["runs"].append(run_ours(args.size, args.batch, args.seq, args.steps, dtype,
-                                      remat))
+                                      remat, devices=devices))
   if not args.skip_xla_flops:
     result["xla_flops_unrolled"] = xla_flops_unrolled(args.size, args.batch, args.seq,
                                                       args.dtypes.split(",")[0])
   return result
 
 
-def worker_ours_devices(args) -> dict:
-  """Ours as `--config.mesh.cpu_devices=0` runs it: one CPU device per core."""
-  devices = _start_ours(cpu_devices=0)
+def worker_ours_one_device(args) -> dict:
+  """Ours as `--config.mesh.cpu_devices=1` runs it: one CPU device using every core."""
+  devices = _start_ours(1, args.batch)
   return run_ours(args.size, args.batch, args.seq, args.steps, "float32",
                   args.remats.split(",")[0], devices=devices)
 
@@ -378,7 +380,7 @@ def _mib(x: float) -> str:
   return f"{x / 2 ** 20:,.0f} MiB"
 
 
-def report(args, ours: dict, peers: dict, ours_devices: dict | None = None) -> str:
+def report(args, ours: dict, peers: dict, ours_one: dict | None = None) -> str:
   """The markdown report; `peers` maps a dtype to the peer's run in it."""
   peer = peers.get("float32")
   fp32_roof = ours["roofline"].get("float32", {}).get("gflops")
@@ -400,7 +402,7 @@ def report(args, ours: dict, peers: dict, ours_devices: dict | None = None) -> s
       "the matmul roofline | peak RSS in the timed steps |",
       "| --- | ---: | ---: | ---: | ---: | ---: |",
   ]
-  rows = list(ours["runs"]) + ([ours_devices] if ours_devices else []) + list(peers.values())
+  rows = list(ours["runs"]) + ([ours_one] if ours_one else []) + list(peers.values())
   for r in rows:
     tflops = r["analytic_flops_per_step"] / r["step_s"] / 1e12
     roof = ours["roofline"].get(r["dtype"], {}).get("gflops", fp32_roof)
@@ -411,12 +413,13 @@ def report(args, ours: dict, peers: dict, ours_devices: dict | None = None) -> s
   fp32 = next((r for r in ours["runs"] if r["dtype"] == "float32"), ours["runs"][0])
   if peer:
     lines.append(
-        f"Ratios, ours float32 (remat {fp32['remat']}, the default) / peer: tokens/s **{fp32['tokens_per_s'] / peer['tokens_per_s']:.2f}x**, "
+        f"Ratios, ours float32 (remat {fp32['remat']}, {fp32['devices']} device(s): the "
+        f"defaults) / peer: tokens/s **{fp32['tokens_per_s'] / peer['tokens_per_s']:.2f}x**, "
         f"peak RSS **{fp32['peak_rss'] / peer['peak_rss']:.2f}x**.")
-    if ours_devices:
-      lines.append(f"Ours float32 with `--config.mesh.cpu_devices=0` (one device per core) / "
-                   f"peer: tokens/s **{ours_devices['tokens_per_s'] / peer['tokens_per_s']:.2f}x**, "
-                   f"peak RSS {ours_devices['peak_rss'] / peer['peak_rss']:.2f}x.")
+    if ours_one:
+      lines.append(f"Ours float32 on one device (`--config.mesh.cpu_devices=1`) / "
+                   f"peer: tokens/s **{ours_one['tokens_per_s'] / peer['tokens_per_s']:.2f}x**, "
+                   f"peak RSS {ours_one['peak_rss'] / peer['peak_rss']:.2f}x.")
     for r in ours["runs"]:
       if r is not fp32:
         same = peers.get(r["dtype"]) if r["dtype"] != "float32" else None
@@ -437,7 +440,9 @@ def report(args, ours: dict, peers: dict, ours_devices: dict | None = None) -> s
                if tunables else "Ours ran without glibc's huge-page malloc.")
   buf = fp32["xla_buffers"]
   lines.append(
-      f"Ours float32, XLA's buffers: arguments {_mib(buf['arguments'])} (params, Adam "
+      f"Ours float32, XLA's buffers"
+      + (f" per device ({fp32['devices']} devices)" if fp32["devices"] > 1 else "")
+      + f": arguments {_mib(buf['arguments'])} (params, Adam "
       f"moments, batch; donated and aliased {_mib(buf['aliased'])}), temporaries "
       f"{_mib(buf['temporaries'])}.  Process RSS before building the model: "
       f"{_mib(fp32['baseline_rss'])}" + (f"; the peer's after importing torch and "
@@ -465,31 +470,31 @@ def main():
   parser.add_argument("--rounds", type=int, default=2,
                       help="ours and the peer run alternately this many times; best kept")
   parser.add_argument("--skip_peer", action="store_true")
-  parser.add_argument("--skip_cpu_devices", action="store_true",
-                      help="skip ours with one CPU device per core (config.mesh.cpu_devices=0)")
+  parser.add_argument("--skip_one_device", action="store_true",
+                      help="skip ours on one CPU device (config.mesh.cpu_devices=1)")
   parser.add_argument("--skip_xla_flops", action="store_true")
   parser.add_argument("--output", default="")
   parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
   parser.add_argument("--peer_dtype", default="float32", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
-    result = {"ours": worker_ours, "ours_devices": worker_ours_devices,
+    result = {"ours": worker_ours, "ours_one_device": worker_ours_one_device,
               "peer": worker_peer}[args.worker](args)
     print("RESULT " + json.dumps(result), flush=True)
     return
   args.forwarded = [a for a in sys.argv[1:] if not a.startswith("--output")]
-  ours = ours_devices = None
+  ours = ours_one = None
   peers = {}
   for _ in range(args.rounds):  # alternate, keep each contestant's best round
     ours = _best(ours, _spawn("ours", args.forwarded))
-    if not args.skip_cpu_devices and (os.cpu_count() or 1) > 1:
-      ours_devices = _best(ours_devices, _spawn("ours_devices", args.forwarded))
+    if not args.skip_one_device and ours["runs"][0]["devices"] > 1:
+      ours_one = _best(ours_one, _spawn("ours_one_device", args.forwarded))
     if not args.skip_peer:
       # float32 always (the ratios' reference, as before), then ours' other dtypes.
       for dtype in dict.fromkeys(["float32"] + args.dtypes.split(",")):
         peers[dtype] = _best(peers.get(dtype),
                              _spawn("peer", args.forwarded + [f"--peer_dtype={dtype}"]))
-  text = report(args, ours, peers, ours_devices)
+  text = report(args, ours, peers, ours_one)
   print(text)
   if args.output:
     pathlib.Path(args.output).write_text(text, encoding="utf-8")

@@ -47,7 +47,7 @@ def pretrain_config(size: str = "small") -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # data-parallel axis size; -1 = the devices left over by fsdp
   c.mesh.fsdp = 1  # devices that shard params and optimizer state (electra_jax/parallel.py)
-  c.mesh.cpu_devices = 1  # CPU hosts: run the cores as this many data-parallel devices (0 = one per core)
+  c.mesh.cpu_devices = 0  # CPU hosts: run the cores as this many data-parallel devices (0 = one per core)
 
   c.model = m = ml_collections.ConfigDict()
   m.size = size  # name of the size preset these values came from (informational)

@@ -137,16 +137,41 @@ def splits_batch_by_shard_map(mesh: Mesh) -> bool:
           and mesh.shape["data"] > 1)
 
 
-def use_cpu_devices(count: int) -> int:
-  """Makes the host's CPU backend `count` devices (0: one per core); returns the count.
+def host_cores() -> int:
+  """CPU cores this process may run on (its affinity mask, else the machine's count)."""
+  try:
+    return len(os.sched_getaffinity(0)) or 1
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def use_cpu_devices(count: int, rows: int | None = None, distributed: str = "auto") -> int:
+  """Makes the host's CPU backend `count` devices; returns the count set (0: left alone).
 
   Call it before anything starts JAX's backends.  Several CPU devices run a CPU mesh's
-  data parallelism on separate cores (config.mesh.cpu_devices).
+  data parallelism on separate cores (config.mesh.cpu_devices): the batch is split by
+  shard_map, and the small single-threaded parts of the step (the batched attention
+  matmuls above all) run side by side instead of leaving cores idle.
+
+  count 0 (the default) is automatic: one device per core, as many as divide `rows`
+  (the sequences of one micro-batch on this host).  It leaves JAX alone when JAX has
+  started already (in a notebook, or a test), when XLA_FLAGS'
+  --xla_force_host_platform_device_count or jax_num_cpu_devices chose a count, and in a
+  multi-process run (`distributed` 'on', or 'auto' in a multi-host environment).
+  An explicit count is applied or fails with a clear error.
   """
   if count < 0:
     raise UserInputError(f"config.mesh.cpu_devices must be >= 0 (0 = one per core), "
                          f"got {count}")
-  count = count or (os.cpu_count() or 1)
+  if count == 0:
+    count = _automatic_cpu_devices(rows, distributed)
+    if count <= 1:
+      return 0
+    try:
+      jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX has started: its devices stand
+      return 0
+    return count
   if count == 1:
     return 1
   try:
@@ -155,6 +180,23 @@ def use_cpu_devices(count: int) -> int:
     raise UserInputError(f"config.mesh.cpu_devices={count} needs to take effect before "
                          f"JAX starts; run training in a fresh process") from e
   return count
+
+
+def _automatic_cpu_devices(rows: int | None, distributed: str) -> int:
+  """config.mesh.cpu_devices=0 in this process: 1 where the count is someone else's
+  choice (see `use_cpu_devices`), else `automatic_cpu_device_count`."""
+  if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+      or jax.config.jax_num_cpu_devices >= 0
+      or distributed == "on" or (distributed == "auto" and _is_multiprocess_environment())):
+    return 1
+  return automatic_cpu_device_count(rows, host_cores())
+
+
+def automatic_cpu_device_count(rows: int | None, cores: int) -> int:
+  """The most CPU devices, at most one per core, that split `rows` evenly."""
+  if not rows:
+    return cores
+  return max(d for d in range(1, min(cores, rows) + 1) if rows % d == 0)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -78,12 +78,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   from electra_jax.data.select import prepare_dataset  # pylint: disable=g-import-not-at-top
 
   # ------------------------------------------------------------------ setup
-  parallel.use_cpu_devices(config.mesh.cpu_devices)  # before anything starts JAX's backends
+  t = config.train
+  parallel.use_cpu_devices(  # before anything starts JAX's backends
+      config.mesh.cpu_devices, rows=t.batch_size // max(t.grad_accum_steps, 1),
+      distributed=config.distributed)
   parallel.initialize_distributed(config.distributed)  # before anything touches a device
   validate_config(config)
   workdir = workdir_io.resolve(workdir)  # gs://... stays as it is
   check_workdir_writable(workdir)
-  t = config.train
   mesh = parallel.make_mesh(config.mesh)
 
   # ------------------------------------------------------------------- data

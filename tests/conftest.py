@@ -21,6 +21,13 @@ if not _CACHE:
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# This process keeps JAX's own CPU device count (1, or what XLA_FLAGS asks for):
+# the trainer's automatic one-device-per-core (config.mesh.cpu_devices=0) would
+# otherwise apply if a trainer run were the first thing to start JAX, and the
+# in-process tests would see one device or several depending on their order.
+# Subprocess tests (the CLI, the workers) get the automatic count.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  jax.config.update("jax_num_cpu_devices", 1)
 
 
 # ----------------------------------------------------------------------------- pretraining

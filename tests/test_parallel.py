@@ -1,6 +1,7 @@
 """Mesh shapes, the FSDP parameter rule and multi-process detection (electra_jax.parallel)."""
 
 import functools
+import json
 import os
 import pathlib
 import socket
@@ -349,20 +350,59 @@ def test_cpu_shard_map_step_equals_the_one_device_step(objective, accum):
 
 
 def test_cpu_devices_setting():
-  """config.mesh.cpu_devices: 1 leaves JAX alone, 0 means one per core, negatives and
-  a change after JAX started fail with a clear error."""
+  """config.mesh.cpu_devices: 1 leaves JAX alone, an explicit count applies or fails
+  with a clear error after JAX started; 0 (automatic) never fails, and leaves JAX
+  alone once it has started (this process pins its count in conftest.py)."""
   assert parallel.use_cpu_devices(1) == 1
   with pytest.raises(UserInputError, match=">= 0"):
     parallel.use_cpu_devices(-1)
   jax.devices()  # JAX has started in this process
   with pytest.raises(UserInputError, match="fresh process"):
     parallel.use_cpu_devices(2)
-  script = ("import jax; from electra_jax import parallel; import os; "
-            "n = parallel.use_cpu_devices(0); "
-            "assert n == (os.cpu_count() or 1) == len(jax.devices()), (n, jax.devices()); "
-            "print('ok', n)")
+  assert parallel.use_cpu_devices(0, rows=32) == 0
+  assert len(jax.devices()) == len(jax.devices("cpu"))
+
+
+def test_automatic_cpu_devices_are_cores_that_divide_the_batch():
+  count = parallel.automatic_cpu_device_count
+  assert count(rows=32, cores=2) == 2
+  assert count(rows=32, cores=1) == 1
+  assert count(rows=12, cores=8) == 6  # not 8: the 12 rows of each step split evenly
+  assert count(rows=7, cores=8) == 7
+  assert count(rows=6, cores=4) == 3
+  assert count(rows=13, cores=8) == 1
+  assert count(rows=None, cores=8) == 8
+
+
+_AUTOMATIC_DEVICES = """
+import json, sys, jax
+from electra_jax import parallel
+n = parallel.use_cpu_devices(0, rows=32, distributed=sys.argv[1])
+print(json.dumps([n, len(jax.devices())]))
+"""
+
+
+@pytest.mark.parametrize("setting", ["fresh", "xla_flags", "multiprocess", "distributed_on"])
+def test_automatic_cpu_devices_in_a_fresh_process(setting):
+  """A fresh process gets one device per core (as many as divide the rows); a count
+  chosen through XLA_FLAGS stands; a multi-process run keeps one device per process."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
-  run = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  if setting == "xla_flags":
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=3"
+  elif setting == "multiprocess":
+    env["JAX_COORDINATOR_ADDRESS"] = "127.0.0.1:1"  # never contacted: nothing initializes
+  distributed = "on" if setting == "distributed_on" else "auto"
+  run = subprocess.run([sys.executable, "-c", _AUTOMATIC_DEVICES, distributed], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=300)
-  assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+  assert run.returncode == 0, run.stderr[-2000:]
+  applied, devices = json.loads(run.stdout.strip().splitlines()[-1])
+  cores = parallel.host_cores()
+  want = parallel.automatic_cpu_device_count(rows=32, cores=cores)
+  if setting == "fresh":
+    assert (applied, devices) == ((want if want > 1 else 0), want)
+  elif setting == "xla_flags":
+    assert (applied, devices) == (0, 3)
+  else:
+    assert (applied, devices) == (0, 1)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from electra_jax import train
+from electra_jax import parallel, train
 from electra_jax.config import pretrain_config
 from electra_jax.errors import UserInputError
 
@@ -64,10 +64,14 @@ def test_tiny_run_learns_on_held_out_text(tiny_pretrained_run):
 
 def _params(workdir):
   import orbax.checkpoint as ocp
-  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  step = mngr.latest_step()
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return step, restored["state"]
+  path = pathlib.Path(workdir) / "checkpoints"
+  step = ocp.CheckpointManager(path).latest_step()
+  # As host arrays: the run that wrote it may have had other devices than this process.
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(path / str(step) / "state").item_metadata.tree
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+  return step, checkpointer.restore(path / str(step) / "state",
+                                    args=ocp.args.PyTreeRestore(restore_args=as_numpy))
 
 
 def test_resume_matches_uninterrupted_run(straight_run, straight_config, corpus_glob, cache_dir,
@@ -94,6 +98,40 @@ def test_resume_matches_uninterrupted_run(straight_run, straight_config, corpus_
   assert sorted(b) == list(range(1, steps + 1))
   for s in range(1, steps + 1):
     assert a[s] == pytest.approx(b[s], rel=1e-6), s
+
+
+def test_cli_runs_a_core_per_device_with_the_one_device_result(straight_run, straight_config,
+                                                               corpus_glob, cache_dir, tmp_path):
+  """`python -m electra_jax.train` on a CPU host runs each core as a device by default
+  (config.mesh.cpu_devices=0; shard_map splits the batch): straight_run's config gives
+  straight_run's parameters and losses, which one device computed in this process."""
+  want_devices = parallel.automatic_cpu_device_count(rows=32, cores=parallel.host_cores())
+  flags = {"data.text": corpus_glob, "data.cache_dir": cache_dir, "data.vocab_size": 2000,
+           "data.max_seq_length": 64, "data.validation_fraction": 0.05,
+           "data.num_workers": 1, "train.batch_size": 32, "train.eval_batches": 4,
+           "train.progress_bar": "off", "train.steps": 8, "train.log_every": 1,
+           "train.eval_every": 100, "train.checkpoint_every": 100}
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  r = subprocess.run([sys.executable, "-m", "electra_jax.train", "--config=configs/tiny.py",
+                      f"--workdir={tmp_path / 'run'}",
+                      *(f"--config.{k}={v}" for k, v in flags.items())],
+                     capture_output=True, text=True, env={**env, "JAX_PLATFORMS": "cpu"},
+                     timeout=600, cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"; {want_devices} device(s) (cpu, mesh data {want_devices} x fsdp 1)" in r.stdout
+  step_a, state_a = _params(straight_run)
+  step_b, state_b = _params(tmp_path / "run")
+  assert step_a == step_b == 8
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b), strict=True):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-5, atol=2e-6)
+  loss = lambda rows: {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+  a, b = loss(read_metrics(straight_run)), loss(read_metrics(tmp_path / "run"))
+  assert sorted(b) == sorted(a) == list(range(1, 9))
+  for s in a:
+    assert b[s] == pytest.approx(a[s], rel=1e-5), s
+  # The run resumes on another device count: this process's one device.
+  train.train_and_evaluate(straight_config(corpus_glob, cache_dir, steps=10), str(tmp_path / "run"))
+  assert _params(tmp_path / "run")[0] == 10
 
 
 def test_resume_refuses_a_different_model(straight_config, corpus_glob, cache_dir, tmp_path):
