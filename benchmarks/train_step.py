@@ -197,20 +197,20 @@ def run_ours(size: str, batch: int, seq: int, steps: int, dtype: str, remat: str
   }
 
 
-def _start_ours(cpu_devices: int, rows: int) -> int:
+def _start_ours(cpu_devices: int, rows: int, row_tokens: int) -> int:
   """Starts an `ours` worker process as `python -m electra_jax.train` starts: huge-page
   malloc, CPU unless JAX_PLATFORMS says otherwise, config.mesh.cpu_devices for a batch
-  of `rows`; returns the number of devices the step runs on."""
+  of `rows` x `row_tokens`; returns the number of devices the step runs on."""
   from electra_jax import host_memory, parallel  # pylint: disable=g-import-not-at-top
   host_memory.reexec_with_huge_pages()
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_platforms", "cpu") if not os.environ.get("JAX_PLATFORMS") else None
-  parallel.use_cpu_devices(cpu_devices, rows=rows)  # before JAX starts
+  parallel.use_cpu_devices(cpu_devices, rows=rows, row_tokens=row_tokens)  # before JAX starts
   return jax.device_count()
 
 
 def worker_ours(args) -> dict:
-  devices = _start_ours(0, args.batch)  # the config default
+  devices = _start_ours(0, args.batch, args.seq)  # the config default
   import jax  # pylint: disable=g-import-not-at-top
   result = {"device": str(jax.devices()[0].device_kind), "platform": jax.devices()[0].platform,
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
@@ -229,7 +229,7 @@ def worker_ours(args) -> dict:
 
 def worker_ours_one_device(args) -> dict:
   """Ours as `--config.mesh.cpu_devices=1` runs it: one CPU device using every core."""
-  devices = _start_ours(1, args.batch)
+  devices = _start_ours(1, args.batch, args.seq)
   return run_ours(args.size, args.batch, args.seq, args.steps, "float32",
                   args.remats.split(",")[0], devices=devices)
 

@@ -81,7 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   t = config.train
   parallel.use_cpu_devices(  # before anything starts JAX's backends
       config.mesh.cpu_devices, rows=t.batch_size // max(t.grad_accum_steps, 1),
-      distributed=config.distributed)
+      row_tokens=config.data.max_seq_length, distributed=config.distributed)
   parallel.initialize_distributed(config.distributed)  # before anything touches a device
   validate_config(config)
   workdir = workdir_io.resolve(workdir)  # gs://... stays as it is

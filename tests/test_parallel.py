@@ -365,19 +365,25 @@ def test_cpu_devices_setting():
 
 def test_automatic_cpu_devices_are_cores_that_divide_the_batch():
   count = parallel.automatic_cpu_device_count
-  assert count(rows=32, cores=2) == 2
-  assert count(rows=32, cores=1) == 1
-  assert count(rows=12, cores=8) == 6  # not 8: the 12 rows of each step split evenly
-  assert count(rows=7, cores=8) == 7
-  assert count(rows=6, cores=4) == 3
-  assert count(rows=13, cores=8) == 1
+  assert parallel.MIN_CPU_DEVICE_TOKENS == 512
+  assert count(rows=32, cores=2, row_tokens=128) == 2
+  assert count(rows=32, cores=1, row_tokens=128) == 1
+  assert count(rows=12, cores=8, row_tokens=512) == 6  # not 8: 12 rows split evenly
+  assert count(rows=7, cores=8, row_tokens=512) == 7
+  assert count(rows=6, cores=4, row_tokens=512) == 3
+  assert count(rows=13, cores=8, row_tokens=512) == 1
   assert count(rows=None, cores=8) == 8
+  # At least 512 tokens per device: fewer devices, or one, for small steps.
+  assert count(rows=128, cores=64, row_tokens=128) == 32
+  assert count(rows=32, cores=8, row_tokens=64) == 4
+  assert count(rows=8, cores=2, row_tokens=64) == 1  # 256 tokens per device: one device
+  assert count(rows=16, cores=2, row_tokens=64) == 2
 
 
 _AUTOMATIC_DEVICES = """
 import json, sys, jax
 from electra_jax import parallel
-n = parallel.use_cpu_devices(0, rows=32, distributed=sys.argv[1])
+n = parallel.use_cpu_devices(0, rows=32, row_tokens=128, distributed=sys.argv[1])
 print(json.dumps([n, len(jax.devices())]))
 """
 
@@ -399,7 +405,7 @@ def test_automatic_cpu_devices_in_a_fresh_process(setting):
   assert run.returncode == 0, run.stderr[-2000:]
   applied, devices = json.loads(run.stdout.strip().splitlines()[-1])
   cores = parallel.host_cores()
-  want = parallel.automatic_cpu_device_count(rows=32, cores=cores)
+  want = parallel.automatic_cpu_device_count(rows=32, cores=cores, row_tokens=128)
   if setting == "fresh":
     assert (applied, devices) == ((want if want > 1 else 0), want)
   elif setting == "xla_flags":

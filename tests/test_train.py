@@ -105,7 +105,8 @@ def test_cli_runs_a_core_per_device_with_the_one_device_result(straight_run, str
   """`python -m electra_jax.train` on a CPU host runs each core as a device by default
   (config.mesh.cpu_devices=0; shard_map splits the batch): straight_run's config gives
   straight_run's parameters and losses, which one device computed in this process."""
-  want_devices = parallel.automatic_cpu_device_count(rows=32, cores=parallel.host_cores())
+  want_devices = parallel.automatic_cpu_device_count(rows=32, cores=parallel.host_cores(),
+                                                     row_tokens=64)
   flags = {"data.text": corpus_glob, "data.cache_dir": cache_dir, "data.vocab_size": 2000,
            "data.max_seq_length": 64, "data.validation_fraction": 0.05,
            "data.num_workers": 1, "train.batch_size": 32, "train.eval_batches": 4,
