@@ -151,7 +151,8 @@ def host_cores() -> int:
 
 def use_cpu_devices(count: int, rows: int | None = None, row_tokens: int = 1,
                     distributed: str = "auto") -> int:
-  """Makes the host's CPU backend `count` devices; returns the count set (0: left alone).
+  """Makes the host's CPU backend `count` devices; returns the count set, 0 if it left
+  JAX's own count (one device, or what XLA_FLAGS asks for) as it was.
 
   Call it before anything starts JAX's backends.  Several CPU devices run a CPU mesh's
   data parallelism on separate cores (config.mesh.cpu_devices): the batch is split by
@@ -179,7 +180,7 @@ def use_cpu_devices(count: int, rows: int | None = None, row_tokens: int = 1,
       return 0
     return count
   if count == 1:
-    return 1
+    return 0
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError as e:

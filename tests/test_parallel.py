@@ -353,7 +353,7 @@ def test_cpu_devices_setting():
   """config.mesh.cpu_devices: 1 leaves JAX alone, an explicit count applies or fails
   with a clear error after JAX started; 0 (automatic) never fails, and leaves JAX
   alone once it has started (this process pins its count in conftest.py)."""
-  assert parallel.use_cpu_devices(1) == 1
+  assert parallel.use_cpu_devices(1) == 0
   with pytest.raises(UserInputError, match=">= 0"):
     parallel.use_cpu_devices(-1)
   jax.devices()  # JAX has started in this process
