@@ -57,7 +57,7 @@ def initialize_distributed(mode: str = "auto") -> bool:
   """
   if mode not in ("auto", "on", "off"):
     raise UserInputError(f"distributed mode must be 'auto', 'on' or 'off', got {mode!r}")
-  if mode == "off" or (mode == "auto" and not _is_multiprocess_environment()):
+  if not _joins_distributed(mode):
     return False
   if jax.distributed.is_initialized():
     return True
@@ -73,6 +73,11 @@ def initialize_distributed(mode: str = "auto") -> bool:
                          f"set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and "
                          f"JAX_PROCESS_ID, or run on one host") from e
   return True
+
+
+def _joins_distributed(mode: str) -> bool:
+  """Whether `initialize_distributed(mode)` joins a multi-process job."""
+  return mode == "on" or (mode == "auto" and _is_multiprocess_environment())
 
 
 def mesh_shape(data: int, fsdp: int, num_devices: int) -> tuple[int, int]:
@@ -170,20 +175,16 @@ def use_cpu_devices(count: int, rows: int | None = None, row_tokens: int = 1,
   if count < 0:
     raise UserInputError(f"config.mesh.cpu_devices must be >= 0 (0 = one per core), "
                          f"got {count}")
-  if count == 0:
+  automatic = count == 0
+  if automatic:
     count = _automatic_cpu_devices(rows, row_tokens, distributed)
-    if count <= 1:
-      return 0
-    try:
-      jax.config.update("jax_num_cpu_devices", count)
-    except RuntimeError:  # JAX has started: its devices stand
-      return 0
-    return count
   if count == 1:
     return 0
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError as e:
+    if automatic:  # JAX has started: its devices stand
+      return 0
     raise UserInputError(f"config.mesh.cpu_devices={count} needs to take effect before "
                          f"JAX starts; run training in a fresh process") from e
   return count
@@ -193,8 +194,7 @@ def _automatic_cpu_devices(rows: int | None, row_tokens: int, distributed: str) 
   """config.mesh.cpu_devices=0 in this process: 1 where the count is someone else's
   choice (see `use_cpu_devices`), else `automatic_cpu_device_count`."""
   if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-      or jax.config.jax_num_cpu_devices >= 0
-      or distributed == "on" or (distributed == "auto" and _is_multiprocess_environment())):
+      or jax.config.jax_num_cpu_devices >= 0 or _joins_distributed(distributed)):
     return 1
   return automatic_cpu_device_count(rows, host_cores(), row_tokens)
 
