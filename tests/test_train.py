@@ -1,5 +1,6 @@
 """End-to-end pretraining on real text, resumption, and the trainer's input checks."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -7,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -100,24 +102,34 @@ def test_resume_matches_uninterrupted_run(straight_run, straight_config, corpus_
     assert a[s] == pytest.approx(b[s], rel=1e-6), s
 
 
+def _overrides(config, base, prefix=""):
+  """`--config.x.y=v` flags that turn `base` into `config`."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _overrides(value, base[key], f"{prefix}{key}.")
+    elif value != base[key]:
+      yield f"--config.{prefix}{key}={value}"
+
+
 def test_cli_runs_a_core_per_device_with_the_one_device_result(straight_run, straight_config,
                                                                corpus_glob, cache_dir, tmp_path):
   """`python -m electra_jax.train` on a CPU host runs each core as a device by default
   (config.mesh.cpu_devices=0; shard_map splits the batch): straight_run's config gives
   straight_run's parameters and losses, which one device computed in this process."""
-  want_devices = parallel.automatic_cpu_device_count(rows=32, cores=parallel.host_cores(),
-                                                     row_tokens=64)
-  flags = {"data.text": corpus_glob, "data.cache_dir": cache_dir, "data.vocab_size": 2000,
-           "data.max_seq_length": 64, "data.validation_fraction": 0.05,
-           "data.num_workers": 1, "train.batch_size": 32, "train.eval_batches": 4,
-           "train.progress_bar": "off", "train.steps": 8, "train.log_every": 1,
-           "train.eval_every": 100, "train.checkpoint_every": 100}
+  straight = straight_config(corpus_glob, cache_dir)
+  want_devices = parallel.automatic_cpu_device_count(
+      rows=straight.train.batch_size, cores=parallel.host_cores(),
+      row_tokens=straight.data.max_seq_length)
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  spec = importlib.util.spec_from_file_location("tiny_config", repo / "configs" / "tiny.py")
+  tiny = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tiny)
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
   r = subprocess.run([sys.executable, "-m", "electra_jax.train", "--config=configs/tiny.py",
                       f"--workdir={tmp_path / 'run'}",
-                      *(f"--config.{k}={v}" for k, v in flags.items())],
+                      *_overrides(straight, tiny.get_config())],
                      capture_output=True, text=True, env={**env, "JAX_PLATFORMS": "cpu"},
-                     timeout=600, cwd=pathlib.Path(__file__).resolve().parents[1])
+                     timeout=600, cwd=repo)
   assert r.returncode == 0, r.stderr[-3000:]
   assert f"; {want_devices} device(s) (cpu, mesh data {want_devices} x fsdp 1)" in r.stdout
   step_a, state_a = _params(straight_run)
