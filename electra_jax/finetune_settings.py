@@ -157,18 +157,15 @@ def _init_setting(init: str) -> str:
 def make_optimizer(s: Settings, params) -> tuple[optax.GradientTransformation,
                                                  optax.Schedule]:
   """(optimizer, schedule): clip -> Adam (no bias correction) -> weight decay ->
-  layer-wise lr factors -> schedule (warmup x linear decay to 0)."""
+  layer-wise lr factors -> schedule (warmup x linear decay to 0), as one
+  `optim.electra_adamw` pass."""
   schedule = optim.learning_rate_schedule(s.learning_rate, s.steps, s.warmup_steps)
-  parts = []
-  if s.clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(s.clip_norm))
-  parts.append(optim.scale_by_adam_without_bias_correction(0.9, 0.999, 1e-6))
-  if s.weight_decay > 0:
-    parts.append(optax.add_decayed_weights(s.weight_decay, mask=optim.weight_decay_mask))
-  parts.append(optim.scale_by_factors(optim.layerwise_lr_factors(
-      params, s.num_layers, s.layerwise_lr_decay, s.layerwise_decay_compat)))
-  parts.append(optax.scale_by_learning_rate(schedule))
-  return optax.chain(*parts), schedule
+  factors = optim.layerwise_lr_factors(params, s.num_layers, s.layerwise_lr_decay,
+                                       s.layerwise_decay_compat)
+  tx = optim.electra_adamw(schedule, b1=0.9, b2=0.999, eps=1e-6,
+                           weight_decay=s.weight_decay, clip_norm=s.clip_norm,
+                           factors=factors)
+  return tx, schedule
 
 
 def _size_name(cfg: EncoderConfig) -> str | None:

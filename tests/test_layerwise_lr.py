@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from electra_jax import optim
@@ -96,13 +95,13 @@ def test_depth_mismatches_are_refused():
 
 
 @pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "unrolled"])
-def test_scale_by_factors_sets_the_effective_learning_rates(scan_layers):
+def test_factors_set_the_effective_learning_rates(scan_layers):
   """One Adam step with unit gradients moves each parameter by lr * factor * const."""
   params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _params(scan_layers))
   factors = optim.layerwise_lr_factors(params, 2, DECAY)
   lr = 1e-2
-  tx = optax.chain(optim.scale_by_adam_without_bias_correction(),
-                   optim.scale_by_factors(factors), optax.scale_by_learning_rate(lr))
+  tx = optim.electra_adamw(lambda count: lr, weight_decay=0.0, clip_norm=0.0,
+                           factors=factors)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   # First step without bias correction: m = 0.1 g, v = 0.001 g^2 -> 0.1 / sqrt(0.001).

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from electra_jax import optim
@@ -71,3 +72,50 @@ def test_optimizer_matches_original_update_rule():
   # The first step has lr 0 (warmup starts at 0), so bias correction would be
   # visible from step 2: check the moments are uncorrected by construction.
   assert float(sched(0)) == 0.0
+
+
+def _chain_it_replaced(schedule, clip_norm, weight_decay, factors):
+  """The optax chain electra_adamw replaced, as far as its state goes."""
+
+  def adam_state(params):
+    zeros = lambda p: jnp.zeros_like(p, dtype=jnp.float32)
+    return optim.ScaleByAdamNoBiasCorrectionState(mu=jax.tree.map(zeros, params),
+                                                  nu=jax.tree.map(zeros, params))
+
+  parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
+  parts.append(optax.GradientTransformation(adam_state, None))
+  if weight_decay > 0:
+    parts.append(optax.add_decayed_weights(weight_decay, mask=optim.weight_decay_mask))
+  if factors is not None:
+    parts.append(optax.GradientTransformation(lambda p: optax.EmptyState(), None))
+  parts.append(optax.scale_by_learning_rate(schedule))
+  return optax.chain(*parts)
+
+
+@pytest.mark.parametrize("clip_norm,weight_decay,with_factors",
+                         [(1.0, 0.01, False), (0.0, 0.0, False), (1.0, 0.01, True)])
+def test_state_keeps_the_layout_of_the_chain_it_replaced(clip_norm, weight_decay,
+                                                          with_factors):
+  """Checkpoints written with the optax chain (before electra_adamw) stay restorable:
+  same tree, same key paths, and the moments and step count where they were."""
+  params = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones((4,))}}
+  factors = jax.tree.map(lambda p: np.float32(0.5), params) if with_factors else None
+  sched = lambda count: 0.1
+  tx = optim.electra_adamw(sched, clip_norm=clip_norm, weight_decay=weight_decay,
+                           factors=factors)
+  ours = tx.init(params)
+  theirs = _chain_it_replaced(sched, clip_norm, weight_decay, factors).init(params)
+  assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+  paths = lambda tree: [jax.tree_util.keystr(k) for k, _ in
+                        jax.tree_util.tree_flatten_with_path(tree)[0]]
+  assert paths(ours) == paths(theirs)
+  grads = jax.tree.map(jnp.ones_like, params)
+  _, state = tx.update(grads, ours, params)
+  _, state = tx.update(grads, state, params)
+  assert int(state[-1].count) == 2
+  moments = state[1 if clip_norm > 0 else 0]
+  # Two unit gradients: m = 0.1 + 0.9 * 0.1 (clipped: scaled by 1 / sqrt(16)).
+  g = 1.0 / 4.0 if clip_norm > 0 else 1.0
+  np.testing.assert_allclose(moments.mu["dense"]["kernel"], 0.19 * g, rtol=1e-6)
+  np.testing.assert_allclose(moments.nu["dense"]["bias"], (0.001 + 0.999e-3) * g * g,
+                             rtol=1e-5)
