@@ -124,30 +124,44 @@ def test_padding_does_not_change_real_positions(tied):
   assert all(np.isfinite(x).all() for x in outs)
 
 
-def test_explicit_attention_matches_dot_product_attention():
+@pytest.mark.parametrize('heads', [3, 1])  # 1: the generator's layout without a head dim
+def test_explicit_attention_matches_dot_product_attention(heads):
   rng = np.random.default_rng(0)
-  q, k, v = (jnp.asarray(rng.standard_normal((2, 6, 3, 4)), jnp.float32) for _ in range(3))
+  q, k, v = (jnp.asarray(rng.standard_normal((2, 6, heads, 4)), jnp.float32)
+             for _ in range(3))
   mask = jnp.asarray([[1] * 6, [1, 1, 1, 0, 0, 0]], bool)[:, None, None, :]
   v2 = v.at[1, 3:].set(100.0)
+  w = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
+  keep = rng.random((2, heads, 6, 6)) < 0.7
   bf = lambda x: x.astype(jnp.bfloat16)
+  ours_loss = lambda q, k, v: jnp.sum(w * M.explicit_attention(q, k, v, mask))
+  theirs_loss = lambda q, k, v: jnp.sum(w * jax.nn.dot_product_attention(q, k, v, mask=mask))
+  drop = lambda p: jnp.where(jnp.reshape(keep, p.shape), p * 2.0, 0.0)
   @_jit
   def both(q, k, v, v2):
     return (M.explicit_attention(q, k, v, mask),
             jax.nn.dot_product_attention(q, k, v, mask=mask),
             M.explicit_attention(q, k, v2, mask),
             M.explicit_attention(bf(q), bf(k), bf(v), mask).astype(jnp.float32),
-            jax.nn.dot_product_attention(bf(q), bf(k), bf(v), mask=mask).astype(jnp.float32))
-  ours, theirs, ours_v2, ours16, theirs16 = both(q, k, v, v2)
+            jax.nn.dot_product_attention(bf(q), bf(k), bf(v), mask=mask).astype(jnp.float32),
+            jax.grad(ours_loss, (0, 1, 2))(q, k, v), jax.grad(theirs_loss, (0, 1, 2))(q, k, v),
+            M.explicit_attention(q, k, v, mask, dropout=drop))
+  ours, theirs, ours_v2, ours16, theirs16, d_ours, d_theirs, dropped = both(q, k, v, v2)
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+  for a, b in zip(d_ours, d_theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   # Masked keys get zero weight: changing their values changes nothing.
   np.testing.assert_allclose(ours_v2[1], ours[1], atol=1e-5)
   np.testing.assert_allclose(ours16, theirs16, atol=2e-2)
-  # Independent: row 1 attends only to its first three keys.
+  # Independent: row 1 attends only to its first three keys; dropout takes the
+  # probabilities [B, heads, L, L] (heads-major).
   qn, kn, vn = (np.asarray(x, np.float64)[1] for x in (q, k, v))
   s = np.einsum('tnh,snh->nts', qn, kn)[:, :, :3] / 2.0
   p = np.exp(s - s.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
   np.testing.assert_allclose(ours[1], np.einsum('nts,snh->tnh', p, vn[:3]), atol=1e-5)
+  p_drop = np.where(keep[1][:, :, :3], 2 * p, 0.0)
+  np.testing.assert_allclose(dropped[1], np.einsum('nts,snh->tnh', p_drop, vn[:3]), atol=1e-5)
 
 
 def test_dropout_only_when_not_deterministic(tied):
