@@ -248,7 +248,10 @@ class SelfAttention(nn.Module):
       qkv = (flat @ jnp.concatenate(kernels, axis=1).astype(dt)
              + jnp.concatenate(biases).astype(dt))
     qkv = qkv.reshape(x.shape[:-1] + (3, heads, head_dim))
-    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    # jnp.split, not indexing: its gradient is one concatenate, where the three indexed
+    # slices' gradients are three zero-padded arrays added up (XLA:CPU: attention fwd+bwd
+    # 9.75 -> 8.62 ms per ELECTRA-Small layer on one core).
+    q, k, v = (part[..., 0, :, :] for part in jnp.split(qkv, 3, axis=-3))
     use_dropout = cfg.attention_dropout_rate > 0.0 and not self.deterministic
     if use_dropout:
       out = explicit_attention(q, k, v, mask, dropout=lambda p: _dropout(
