@@ -266,7 +266,8 @@ def explicit_attention(q, k, v, mask, dropout=None):
 
   q, k, v: [B, L, heads, head_dim] in the compute dtype; mask broadcastable to
   [B, heads, L, L] (True = attend).  `dropout` (optional) is applied to the
-  probabilities.  Same numerics as jax.nn.dot_product_attention's XLA path.
+  probabilities ([B, heads, L, L]; [B, L, L] with one head).  Same numerics as
+  jax.nn.dot_product_attention's XLA path.
 
   The matmuls run heads-major ([B, heads, L, head_dim], batch dims leading): XLA:CPU
   otherwise copies operands into that order around each attention matmul: one layer's

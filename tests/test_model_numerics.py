@@ -154,7 +154,7 @@ def test_explicit_attention_matches_dot_product_attention(heads):
   np.testing.assert_allclose(ours_v2[1], ours[1], atol=1e-5)
   np.testing.assert_allclose(ours16, theirs16, atol=2e-2)
   # Independent: row 1 attends only to its first three keys; dropout takes the
-  # probabilities [B, heads, L, L] (heads-major).
+  # probabilities heads-major ([B, heads, L, L], or [B, L, L] with one head).
   qn, kn, vn = (np.asarray(x, np.float64)[1] for x in (q, k, v))
   s = np.einsum('tnh,snh->nts', qn, kn)[:, :, :3] / 2.0
   p = np.exp(s - s.max(-1, keepdims=True))
